@@ -1,0 +1,74 @@
+"""Everything Airflow-specific: settings from Variables, S3 through the amazon provider, intervals.
+
+DAG files call these and nothing else, so the rest of the package runs without Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import ChainMap
+from datetime import datetime, timedelta
+from typing import Any
+
+from trailguard.runtime import Runtime
+from trailguard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SETTINGS_VARIABLE = "trailguard_settings"
+
+
+def settings() -> Settings:
+    """Environment, overridden by the JSON object in the Airflow Variable ``trailguard_settings``."""
+    from airflow.sdk import Variable
+
+    overrides = Variable.get(SETTINGS_VARIABLE, default=None)
+    values = json.loads(overrides) if overrides else {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Variable {SETTINGS_VARIABLE} must hold a JSON object of TRAILGUARD_* settings")
+    return Settings.from_mapping(ChainMap({k: str(v) for k, v in values.items()}, os.environ))
+
+
+def runtime() -> Runtime:
+    """A Runtime whose S3 access (source and lake) goes through the configured AWS connection."""
+    cfg = settings()
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=cfg.aws_conn_id)
+    lake_fs = None
+    if cfg.lake.startswith("s3://"):
+        from trailguard.lake import s3_filesystem
+
+        creds = hook.get_credentials()
+        lake_fs = s3_filesystem(
+            endpoint_url=hook.conn_config.endpoint_url,
+            access_key=creds.access_key,
+            secret_key=creds.secret_key,
+            session_token=creds.token,
+            region=hook.conn_region_name,
+        )
+    return Runtime(cfg, s3_client=hook.get_conn, lake_filesystem=lake_fs)
+
+
+def interval(context: dict[str, Any], default_hours: int = 1) -> tuple[datetime, datetime]:
+    """[start, end) of the run. Manual and asset-triggered runs have no data interval in
+    Airflow 3; they cover the ``default_hours`` before ``run_after``, on the hour."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None and end > start:
+        return start, end
+    after = context["dag_run"].run_after
+    end = after.replace(minute=0, second=0, microsecond=0)
+    return end - timedelta(hours=default_hours), end
+
+
+def ingest_interval(context: dict[str, Any]) -> dict[str, Any]:
+    """The ingest task: the run's interval plus the late-delivery look-back (the ledger makes
+    the overlap free: objects already ingested are not read again)."""
+    rt = runtime()
+    start, end = interval(context)
+    start -= timedelta(hours=rt.settings.late_lookback_hours)
+    summary = rt.ingest(rt.settings.source, start, end)
+    log.info("ingest %s .. %s from %s\n%s", start.isoformat(), end.isoformat(), rt.settings.source, summary.text())
+    return {**summary.as_dict(), "start": start.isoformat(), "end": end.isoformat()}

@@ -1,0 +1,317 @@
+"""The events lake: Parquet files under ``<lake>/events/``, on a local path or S3.
+
+Layout: ``events/event_date=YYYY-MM-DD/event_hour=HH/delivered-YYYYMMDDTHH.parquet``.
+Partitions follow event time, because a duplicate delivery of an event always has the same
+eventTime and so always lands in the same partition: deduplication never looks further than
+one partition. Inside a partition there is one file per delivery hour, so an hourly ingest
+writes new files and re-running an hour replaces exactly the files it wrote.
+Hive-style folders make it readable as-is by DuckDB, Athena and Trino.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from trailguard.cloudtrail import SCHEMA
+
+ROW_GROUP_ROWS = 64_000
+# Dictionary-encode only the columns with few distinct values; statistics where readers prune.
+DICTIONARY_COLUMNS = [
+    "event_name",
+    "event_source",
+    "aws_region",
+    "recipient_account_id",
+    "event_version",
+    "event_type",
+    "event_category",
+    "user_type",
+    "user_account_id",
+    "invoked_by",
+    "error_code",
+    "source_key",
+]
+STATISTICS_COLUMNS = ["event_id", "event_time", "event_name", "recipient_account_id", "delivered_at"]
+KEY_COLUMNS = ["event_id", "delivered_at", "source_key"]
+PARTITIONING = ds.partitioning(pa.schema([("event_date", pa.string()), ("event_hour", pa.int32())]), flavor="hive")
+
+
+def partition_of(hour: datetime) -> str:
+    """'2024-11-20T13' for any time within that UTC hour."""
+    return hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
+
+
+def delivery_tag(delivered_at: datetime) -> str:
+    return delivered_at.astimezone(timezone.utc).strftime("%Y%m%dT%H")
+
+
+def s3_filesystem(endpoint_url: str | None = None, **credentials: str | None) -> pafs.S3FileSystem:
+    """An Arrow S3 filesystem; the endpoint defaults to ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {k: v for k, v in credentials.items() if v}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        kwargs.setdefault("allow_bucket_creation", False)
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region and "region" not in kwargs:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+@dataclass(frozen=True)
+class FileStats:
+    rows: int
+    new_events: int
+    duplicates: int
+    max_delivered_at: datetime | None
+
+
+class Lake:
+    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+        self.uri = uri
+        if uri.startswith("s3://"):
+            self.fs = filesystem or s3_filesystem()
+            self.base = uri[5:].rstrip("/")
+            self.local = False
+        else:
+            self.fs = filesystem or pafs.LocalFileSystem()
+            self.base = str(Path(uri).expanduser().resolve())
+            self.local = True
+        self.events = f"{self.base}/events"
+
+    # -- paths -----------------------------------------------------------------------------------
+    def partition_dir(self, partition: str) -> str:
+        date, hour = partition.split("T")
+        return f"{self.events}/event_date={date}/event_hour={hour}"
+
+    def file_path(self, partition: str, tag: str) -> str:
+        return f"{self.partition_dir(partition)}/delivered-{tag}.parquet"
+
+    def files(self, partition: str) -> dict[str, str]:
+        """delivery tag -> path of every data file in a partition."""
+        selector = pafs.FileSelector(self.partition_dir(partition), allow_not_found=True)
+        out = {}
+        for info in self.fs.get_file_info(selector):
+            name = info.base_name
+            if info.type == pafs.FileType.File and name.startswith("delivered-") and name.endswith(".parquet"):
+                out[name[len("delivered-") : -len(".parquet")]] = info.path
+        return out
+
+    def scratch_path(self) -> str:
+        """A local file for a data file in the making (same filesystem as a local lake, for rename)."""
+        folder = Path(self.base) / ".tmp" if self.local else Path(_tmpdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder / f"{uuid.uuid4().hex}.parquet")
+
+    def publish(self, scratch: str, dest: str) -> None:
+        """Make ``scratch`` visible at ``dest`` in one step (rename locally; one PUT on S3)."""
+        if self.local:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch, dest)
+        else:
+            pafs.copy_files(scratch, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+            os.unlink(scratch)
+
+    def delete(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_columns(self, path: str, columns: list[str]) -> pa.Table:
+        return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def dataset(self, partitions: Iterable[str] | None = None) -> ds.Dataset | None:
+        """The events as an Arrow dataset (DuckDB scans it with projection and filter pushdown).
+
+        ``partitions`` limits it to those event hours; None means all. None is returned when
+        there is no file at all."""
+        if partitions is None:
+            selector = pafs.FileSelector(self.events, recursive=True, allow_not_found=True)
+            paths = [i.path for i in self.fs.get_file_info(selector) if _is_data(i)]
+        else:
+            paths = [p for part in partitions for p in self.files(part).values()]
+        if not paths:
+            return None
+        return ds.dataset(
+            sorted(paths),
+            schema=SCHEMA,
+            format="parquet",
+            filesystem=self.fs,
+            partitioning=PARTITIONING,
+            partition_base_dir=self.events,
+        )
+
+    def connect(self, partitions: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the events (all, or those partitions) as the view ``events``."""
+        con = duckdb.connect()
+        dataset = self.dataset(partitions)
+        if dataset is None:
+            dataset = pa.schema([*SCHEMA, *PARTITIONING.schema]).empty_table()
+        con.register("events", dataset)
+        return con
+
+
+class FileWriter:
+    """Rows for one (partition, delivery hour) file, written to a scratch file in row groups."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.path = lake.scratch_path()
+        self._writer = pq.ParquetWriter(
+            self.path,
+            SCHEMA,
+            compression="zstd",
+            use_dictionary=DICTIONARY_COLUMNS,
+            write_statistics=STATISTICS_COLUMNS,
+        )
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        self._pending.extend(batch.to_batches() if isinstance(batch, pa.Table) else [batch])
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def close(self) -> str:
+        self._flush()
+        self._writer.close()
+        return self.path
+
+    def discard(self) -> None:
+        self._writer.close()
+        Path(self.path).unlink(missing_ok=True)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending, schema=SCHEMA))
+            self._pending, self._pending_rows = [], 0
+
+
+def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_keys: set[str]) -> FileStats:
+    """Merge a scratch file into partition ``partition`` as the file for delivery hour ``tag``.
+
+    Call under the partition's lock. Every copy of an eventID in the partition competes and the
+    earliest delivery (delivered_at, then object key) wins, whatever order runs happen in. Rows
+    in the existing file for this hour that came from ``replaced_keys`` (objects processed again)
+    are replaced by the new rows.
+    """
+    files = lake.files(partition)
+    own_path = lake.file_path(partition, tag)
+    if not files:  # the common case: a new partition; the writer already dropped repeats
+        rows = pq.ParquetFile(scratch).metadata.num_rows
+        max_delivered = pc.max(pq.read_table(scratch, columns=["delivered_at"]).column(0)).as_py()
+        lake.publish(scratch, own_path)
+        return FileStats(rows=rows, new_events=rows, duplicates=0, max_delivered_at=max_delivered)
+    tables = {"new": pq.read_table(scratch, columns=KEY_COLUMNS)}
+    paths = {"new": scratch}
+    for other_tag, path in files.items():
+        tables[other_tag] = lake.read_columns(path, KEY_COLUMNS)
+        paths[other_tag] = path
+    before = set()
+    for name, table in tables.items():
+        if name != "new":
+            before.update(table.column("event_id").to_pylist())
+
+    frames = []
+    for name, table in tables.items():
+        frame = table.append_column("file", pa.array([name] * table.num_rows, pa.string()))
+        frame = frame.append_column("idx", pa.array(range(table.num_rows), pa.int64()))
+        if name == tag and replaced_keys:
+            frame = frame.filter(pc.invert(pc.is_in(frame["source_key"], pa.array(sorted(replaced_keys)))))
+        frames.append(frame)
+    keep = _winners(pa.concat_tables(frames), tables)
+
+    new_ids = tables["new"].column("event_id").to_pylist()
+    new_events = sum(1 for i in keep["new"] if new_ids[i] not in before)
+
+    # Files of other delivery hours that lost rows to this one (out-of-order runs) are rewritten.
+    for name, table in tables.items():
+        if name in {"new", tag} or len(keep[name]) == table.num_rows:
+            continue
+        _rewrite(lake, [(lake.fs, paths[name], keep[name])], paths[name])
+
+    own_sources = [(pafs.LocalFileSystem(), scratch, keep["new"])]
+    if tag in tables:
+        own_sources.append((lake.fs, paths[tag], keep[tag]))
+    own_rows = sum(len(k) for _, _, k in own_sources)
+    if own_rows == 0:
+        if tag in files:
+            lake.delete(own_path)
+    elif tag not in tables and len(keep["new"]) == tables["new"].num_rows:
+        lake.publish(scratch, own_path)  # the common case: a new hour, nothing to drop
+    else:
+        _rewrite(lake, own_sources, own_path)
+    Path(scratch).unlink(missing_ok=True)
+
+    total = own_rows + sum(len(keep[n]) for n in tables if n not in {"new", tag})
+    delivered = [pc.max(t.column("delivered_at")).as_py() for n, t in tables.items() if n == "new" or len(keep[n]) > 0]
+    delivered = [d for d in delivered if d is not None]
+    return FileStats(
+        rows=total,
+        new_events=new_events,
+        duplicates=tables["new"].num_rows - new_events,
+        max_delivered_at=max(delivered) if delivered else None,
+    )
+
+
+def _winners(candidates: pa.Table, tables: dict[str, pa.Table]) -> dict[str, set[int]]:
+    """file -> row indexes that survive: per eventID the earliest (delivered_at, source_key)."""
+    order = pc.sort_indices(
+        candidates,
+        sort_keys=[(c, "ascending") for c in ("event_id", "delivered_at", "source_key", "file", "idx")],
+    )
+    ranked = candidates.take(order)
+    ids = ranked.column("event_id")
+    first = (
+        pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()])
+        if len(ids)
+        else pa.array([], pa.bool_())
+    )
+    survivors = ranked.filter(first)
+    keep: dict[str, set[int]] = {name: set() for name in tables}
+    for name, idx in zip(survivors.column("file").to_pylist(), survivors.column("idx").to_pylist(), strict=True):
+        keep[name].add(idx)
+    return keep
+
+
+def _rewrite(lake: Lake, sources: list[tuple[pafs.FileSystem, str, set[int]]], dest: str) -> None:
+    """Write the kept rows of each source file to ``dest``, streaming row groups."""
+    writer = FileWriter(lake)
+    try:
+        for fs, path, kept in sources:
+            offset = 0
+            for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=ROW_GROUP_ROWS):
+                mask = [offset + i in kept for i in range(batch.num_rows)]
+                offset += batch.num_rows
+                writer.write(batch.filter(pa.array(mask)))
+        scratch = writer.close()
+    except BaseException:
+        writer.discard()
+        raise
+    lake.publish(scratch, dest)
+
+
+def _is_data(info: pafs.FileInfo) -> bool:
+    return (
+        info.type == pafs.FileType.File and info.base_name.startswith("delivered-") and info.path.endswith(".parquet")
+    )
+
+
+def _tmpdir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()

@@ -1,0 +1,567 @@
+"""Slack messages for alerts, digests and pipeline health, and one function that posts them.
+
+Every value that comes from CloudTrail is attacker-controlled (userAgent, userName,
+roleSessionName, request parameters...), so it goes through :func:`escape` before it reaches
+mrkdwn, and is shown in inline code where possible so Slack applies no formatting to it.
+
+This module keeps no state: :mod:`trailguard.outbox` decides what to post and records outcomes.
+``send`` never raises; it classifies the outcome so the outbox can retry without losing alerts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.error import URLError
+from urllib.parse import quote
+
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+
+# Slack Block Kit limits (https://api.slack.com/reference/block-kit/blocks).
+MAX_BLOCKS = 50
+MAX_HEADER = 150
+MAX_SECTION = 3000
+MAX_FIELD = 2000
+MAX_FIELDS = 10
+MAX_CONTEXT_ELEMENTS = 10
+MAX_TEXT = 3000  # our own cap for the notification fallback text
+
+DEFAULT_TIMEOUT = 10.0
+TIMEOUT_ENV = "TRAILGUARD_SLACK_TIMEOUT"
+CHANNEL_ENV = "TRAILGUARD_SLACK_CHANNEL"
+MAX_RETRY_AFTER = 30  # seconds we are willing to sleep in-process for one 429
+
+POSSIBLE_DUPLICATE = "(possible duplicate: an earlier attempt may have been delivered)"
+ELLIPSIS = "\u2026"
+WORD_JOINER = "\u2060"
+NOT_AVAILABLE = "_n/a_"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_SPECIAL_MENTION = re.compile(r"(?<=[@!])(?=(?:channel|here|everyone|group)\b)", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"(?<=[A-Za-z]):(?=//)")
+_TECHNIQUE = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_SECRET_PATTERNS = (
+    re.compile(r"https?://[^\s'\"]*/services/[^\s'\"]+"),
+    re.compile(r"xox[a-z]-[A-Za-z0-9-]+"),
+)
+
+_CLIENT_LOG = logging.getLogger("trailguard.slack.client")
+# slack_sdk logs request URLs (the webhook URL is the secret) at INFO when a retry happens and
+# at DEBUG with headers; keep its logger above that so neither URL nor token reaches any log.
+_CLIENT_LOG.setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A Slack message: ``text`` is the notification/fallback, ``blocks`` the Block Kit body."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How a post went. ``maybe_delivered``: the request reached Slack but no answer came back."""
+
+    ok: bool
+    reply: str = ""
+    error: str | None = None
+    retryable: bool = False
+    maybe_delivered: bool = False
+
+
+# -- escaping -----------------------------------------------------------------------------------
+def escape(value: object, limit: int = 300, *, defang_urls: bool = True) -> str:
+    """Make an untrusted value inert in mrkdwn: no mentions, links, code-span breaks or control chars.
+
+    Truncation happens before escaping, so an entity such as ``&amp;`` is never cut in half.
+    ``defang_urls=False`` keeps ``scheme://`` intact, for text we build ourselves in code blocks.
+    """
+    if value is None:
+        return ""
+    text = str(value).replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
+    text = _CONTROL.sub("", text)
+    text = truncate(text, limit)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("`", "\u02cb")  # a look-alike that cannot open or close a code span
+    text = _SPECIAL_MENTION.sub(WORD_JOINER, text)
+    if defang_urls:
+        text = _URL_SCHEME.sub(":" + WORD_JOINER, text)  # no auto-linking (or unfurling) of bare URLs
+    return text
+
+
+def plain(value: object, limit: int) -> str:
+    """Clean text for ``plain_text`` objects (headers): Slack does not parse mrkdwn there."""
+    if value is None:
+        return ""
+    text = _CONTROL.sub("", str(value).replace("\n", " "))
+    return _SPECIAL_MENTION.sub(WORD_JOINER, truncate(text, limit))
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the last one an ellipsis when something was cut."""
+    if limit <= 0:
+        return ""
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def clip(text: str, limit: int) -> str:
+    """Cut already-escaped mrkdwn to ``limit`` without splitting an ``&...;`` entity."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 5))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + ELLIPSIS
+
+
+def code(value: object, limit: int = 300) -> str:
+    """An untrusted value as inline code (no formatting applies), or a muted n/a."""
+    text = escape(value, limit)
+    return f"`{text}`" if text.strip() else NOT_AVAILABLE
+
+
+# -- block helpers -----------------------------------------------------------------------------
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": plain(text, MAX_HEADER) or "-", "emoji": True}}
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, MAX_SECTION) or " "}}
+
+
+def _fields(fields: Sequence[str]) -> dict[str, Any]:
+    items = [{"type": "mrkdwn", "text": clip(f, MAX_FIELD)} for f in fields[:MAX_FIELDS]]
+    return {"type": "section", "fields": items}
+
+
+def _context(texts: Sequence[str]) -> dict[str, Any]:
+    items = [{"type": "mrkdwn", "text": clip(t, MAX_FIELD)} for t in texts[:MAX_CONTEXT_ELEMENTS]]
+    return {"type": "context", "elements": items}
+
+
+def _code_block(body: str) -> str:
+    """A fenced code block whose body fits a section (the body must already be escaped)."""
+    return "```" + clip(body, MAX_SECTION - 6) + "```"
+
+
+def _chunk_lines(lines: Iterable[str], limit: int = MAX_SECTION) -> list[str]:
+    """Join lines into texts of at most ``limit`` characters, one section each."""
+    chunks: list[str] = []
+    current = ""
+    for line in lines:
+        line = clip(line, limit)
+        if current and len(current) + 1 + len(line) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _finish(text: str, blocks: list[dict[str, Any]]) -> Message:
+    return Message(text=clip(text, MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
+
+
+# -- alert rendering ---------------------------------------------------------------------------
+def severity(risk_score: object) -> tuple[str, str]:
+    """(label, emoji) for a risk score: >=70 high, >=40 medium, else low."""
+    score = _number(risk_score)
+    if score >= 70:
+        return "High", ":red_circle:"
+    if score >= 40:
+        return "Medium", ":large_orange_circle:"
+    return "Low", ":large_yellow_circle:"
+
+
+def attack_url(technique: str) -> str | None:
+    """MITRE ATT&CK page for T1078 or T1078.004, None for anything that is not a technique id."""
+    if not _TECHNIQUE.match(technique):
+        return None
+    return "https://attack.mitre.org/techniques/" + technique.replace(".", "/") + "/"
+
+
+def cloudtrail_event_url(region: object, event_id: object) -> str | None:
+    """CloudTrail console Event history link for one event, None when the inputs look wrong."""
+    if not isinstance(region, str) or not isinstance(event_id, str):
+        return None
+    if not _REGION.match(region) or not _EVENT_ID.match(event_id):
+        return None
+    return (
+        f"https://{region}.console.aws.amazon.com/cloudtrailv2/home?region={region}#/events/{quote(event_id, safe='')}"
+    )
+
+
+def duckdb_query(lake_uri: str, rows: Sequence[dict[str, Any]], rows_total: int) -> str:
+    """A DuckDB query over the lake for the alert's events (unescaped SQL; escape before mrkdwn)."""
+    ids = [r["event_id"] for r in rows if isinstance(r.get("event_id"), str) and _EVENT_ID.match(r["event_id"])]
+    ids = list(dict.fromkeys(ids))[:25]
+    dates = sorted({str(r["event_time"])[:10] for r in rows if isinstance(r.get("event_time"), str)})
+    dates = [d for d in dates if re.fullmatch(r"\d{4}-\d{2}-\d{2}", d)]
+    lake = lake_uri.rstrip("/").replace("'", "''")
+    where = []
+    if dates:
+        where.append(f"event_date BETWEEN '{dates[0]}' AND '{dates[-1]}'")
+    if ids:
+        where.append("event_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")")
+    lines = [
+        "SELECT event_time, event_name, aws_region, user_arn, source_ip, request_role_arn, user_agent",
+        f"FROM read_parquet('{lake}/events/*/*/*.parquet', hive_partitioning = true)",
+    ]
+    if where:
+        lines.append("WHERE " + "\n  AND ".join(where))
+    lines.append("ORDER BY event_time;")
+    if rows_total > len(ids):
+        lines.append(f"-- {len(ids)} of {rows_total} events listed; drop the event_id filter to see the rest")
+    return "\n".join(lines)
+
+
+def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bool = False) -> Message:
+    """The Slack message for one alert (see module docstring on escaping)."""
+    detection = str(alert.get("detection") or "Unknown detection")
+    label, emoji = severity(alert.get("risk_score"))
+    rows: list[dict[str, Any]] = [r for r in alert.get("rows") or [] if isinstance(r, dict)]
+    first = rows[0] if rows else {}
+    rows_total = int(_number(alert.get("rows_total", len(rows))))
+    message = escape(alert.get("message") or "", 2500)
+
+    blocks: list[dict[str, Any]] = [_header(f"{emoji} {detection}")]
+    if possible_duplicate:
+        blocks.append(_context([f":warning: *{POSSIBLE_DUPLICATE}*"]))
+    blocks.append(
+        _section(
+            f"{emoji} *{label} severity* \u00b7 risk score {_number(alert.get('risk_score')):g} "
+            f"(impact {_number(alert.get('impact')):g}, confidence {_number(alert.get('confidence')):g})\n"
+            f">{message}"
+        )
+    )
+    blocks.append(_fields(_alert_fields(alert, first, rows_total)))
+    if len(rows) > 1:
+        sample = _chunk_lines(["*Events (sample)*", *(_row_line(r) for r in rows[:8])])[0]  # whole lines only
+        blocks.append(_section(sample))
+    if "known_countries" in alert:
+        known = [c for c in alert.get("known_countries") or [] if c]
+        shown = ", ".join(code(c, 8) for c in known[:60]) or "_none: this is the first country on record_"
+        blocks.append(_section(f"*Countries seen before*\n{shown}"))
+    techniques = [str(t) for t in alert.get("mitre_attack") or []]
+    if techniques:
+        blocks.append(_section("*MITRE ATT&amp;CK* " + " \u00b7 ".join(_technique_link(t) for t in techniques[:10])))
+    blocks.extend(_next_steps(first, lake_uri, rows, rows_total))
+    blocks.append(
+        _context(
+            [
+                f"detection {code(alert.get('detection_id'), 64)}",
+                f"fired at {code(alert.get('fired_at'), 40)}",
+                f"key {code(json.dumps(alert.get('key'), sort_keys=True), 200)}",
+            ]
+        )
+    )
+    prefix = f"{POSSIBLE_DUPLICATE} " if possible_duplicate else ""
+    text = f"{prefix}{emoji} {label}: {escape(detection, 150)}: {escape(alert.get('message') or '', 1500)}"
+    return _finish(text, blocks)
+
+
+def _alert_fields(alert: dict[str, Any], first: dict[str, Any], rows_total: int) -> list[str]:
+    key = alert.get("key") if isinstance(alert.get("key"), dict) else {}
+    if "country" in key:
+        subject = f"*Country*\n{code(key.get('country'), 8)} {escape(first.get('country_name'), 80)}"
+    else:
+        requesting = key.get("requesting_account_id") or first.get("requesting_account_id")
+        requested = key.get("requested_account_id") or first.get("requested_account_id")
+        subject = f"*Accounts* (requesting \u2192 requested)\n{code(requesting, 40)} \u2192 {code(requested, 40)}"
+    source = code(first.get("src"), 64)
+    where = ", ".join(escape(first.get(k), 60) for k in ("city", "region", "country") if first.get(k))
+    asn = " ".join(escape(first.get(k), 80) for k in ("asn", "asn_org") if first.get(k))
+    source += "".join(f"\n{part}" for part in (where, f"ASN {asn}" if asn else "") if part)
+    user = code(first.get("user"), 200)
+    if first.get("user_arn") and first.get("user_arn") != first.get("user"):
+        user += f"\n{code(first.get('user_arn'), 300)}"
+    role = code(first.get("role_arn"), 300)
+    if first.get("role_session_name"):
+        role += f"\nsession {code(first.get('role_session_name'), 100)}"
+    fields = [
+        subject,
+        f"*User*\n{user}",
+        f"*Source IP*\n{source}",
+        f"*Role*\n{role}",
+        f"*First seen*\n{code(alert.get('first_seen'), 40)}",
+        f"*Events*\n{rows_total}",
+        f"*Event*\n{code(first.get('event_name'), 100)} in {code(first.get('aws_region'), 30)}",
+        f"*User agent*\n{code(first.get('user_agent'), 300)}",
+    ]
+    if first.get("object") or first.get("command"):
+        fields.append(f"*Object / command*\n{code(first.get('object'), 200)}\n{code(first.get('command'), 200)}")
+    return fields
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    parts = [code(row.get(k), 120) for k in ("event_time", "event_name", "user", "src")]
+    if row.get("country"):
+        parts.append(escape(row.get("country"), 8))
+    return "\u2022 " + " \u00b7 ".join(parts)
+
+
+def _technique_link(technique: str) -> str:
+    url = attack_url(technique)
+    return f"<{url}|{technique}>" if url else code(technique, 20)
+
+
+def _next_steps(first: dict[str, Any], lake_uri: str, rows: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
+    url = cloudtrail_event_url(first.get("aws_region"), first.get("event_id"))
+    console = (
+        f"<{url}|Open the first event in CloudTrail Event history> ({escape(first.get('aws_region'), 30)})"
+        if url
+        else "_no CloudTrail console link: the first event has no usable region or event id_"
+    )
+    sql = duckdb_query(lake_uri, rows, total)
+    query = "\n".join(escape(line, 1000, defang_urls=False) for line in sql.splitlines())
+    return [
+        _section(f"*Where to look next*\n\u2022 {console}\n\u2022 The events in the lake (DuckDB):"),
+        _section(_code_block(query)),
+    ]
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+# -- digest and ops ----------------------------------------------------------------------------
+def render_digest(alerts: list[dict[str, Any]], total: int, *, possible_duplicate: bool = False) -> Message:
+    """One message for alerts of historical intervals (backfills, catch-up): the top ones, escaped."""
+    ranked = sorted(alerts, key=lambda a: (_number(a.get("risk_score")), str(a.get("first_seen") or "")), reverse=True)
+    shown = ranked[:20]
+    noun = "alert" if total == 1 else "alerts"
+    blocks: list[dict[str, Any]] = [_header(f":card_index_dividers: {total} {noun} from historical intervals")]
+    if possible_duplicate:
+        blocks.append(_context([f":warning: *{POSSIBLE_DUPLICATE}*"]))
+    counts: dict[str, int] = {}
+    for a in alerts:
+        name = str(a.get("detection") or "Unknown detection")
+        counts[name] = counts.get(name, 0) + 1
+    summary = "\n".join(f"\u2022 {escape(name, 150)}: {n}" for name, n in sorted(counts.items()))
+    blocks.append(
+        _section(
+            "These fired for intervals older than the delivery horizon (a backfill or a catch-up), "
+            f"so they are summarised here instead of posted one by one.\n{summary}"
+        )
+    )
+    lines = [_digest_line(a) for a in shown]
+    if total > len(shown):
+        lines.append(f"_\u2026and {total - len(shown)} more (highest risk first; see the alerts table)_")
+    blocks.extend(_section(chunk) for chunk in _chunk_lines(lines))
+    prefix = f"{POSSIBLE_DUPLICATE} " if possible_duplicate else ""
+    return _finish(f"{prefix}{total} {noun} from historical intervals", blocks)
+
+
+def _digest_line(alert: dict[str, Any]) -> str:
+    _, emoji = severity(alert.get("risk_score"))
+    key = alert.get("key") if isinstance(alert.get("key"), dict) else {}
+    if "country" in key:
+        subject = f"country {code(key.get('country'), 8)}"
+    else:
+        subject = f"{code(key.get('requesting_account_id'), 40)} \u2192 {code(key.get('requested_account_id'), 40)}"
+    return (
+        f"{emoji} *{escape(alert.get('detection'), 120)}* \u00b7 {subject} \u00b7 first seen "
+        f"{code(alert.get('first_seen'), 40)} \u00b7 {int(_number(alert.get('rows_total')))} events"
+    )
+
+
+def render_ops(title: str, lines: Sequence[object]) -> Message:
+    """A pipeline failure or health message; ``lines`` may hold anything, all of it is escaped."""
+    shown = [f"\u2022 {escape(line, 1000)}" for line in lines[:40]]
+    if len(lines) > len(shown):
+        shown.append(f"_\u2026and {len(lines) - len(shown)} more_")
+    blocks = [_header(title), *(_section(chunk) for chunk in _chunk_lines(shown))]
+    text = escape(title, 150) + (f": {escape(lines[0], 500)}" if lines else "")
+    return _finish(text, blocks)
+
+
+# -- sending -----------------------------------------------------------------------------------
+class _BoundedRateLimitHandler(RateLimitErrorRetryHandler):
+    """Honour Retry-After in-process only when it is short; longer waits go back to the outbox."""
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        headers = {k.lower(): v for k, v in (response.headers or {}).items()}
+        value = (headers.get("retry-after") or ["1"])[0]
+        try:
+            return int(value) <= MAX_RETRY_AFTER
+        except ValueError:
+            return False
+
+
+def retry_handlers(retries: int = 2) -> list[RetryHandler]:
+    """In-process retries that cannot cause a duplicate post.
+
+    429 and 500/503 responses mean Slack did not post. Connection errors are retried only when
+    urllib raised them while connecting/sending (``URLError``); a timeout or reset while waiting
+    for the answer is *not* retried here, because the first request may have been posted.
+    """
+    return [
+        _BoundedRateLimitHandler(max_retry_count=retries),
+        ServerErrorRetryHandler(max_retry_count=retries),
+        ConnectionErrorRetryHandler(max_retry_count=retries, error_types=[URLError]),
+    ]
+
+
+def timeout_seconds(timeout: float | None = None) -> float:
+    """The per-request timeout: the argument, else ``TRAILGUARD_SLACK_TIMEOUT``, else 10 s."""
+    if timeout is not None:
+        return timeout
+    try:
+        return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+def send(message: Message, conn_id: str, *, timeout: float | None = None, retries: int = 2) -> SendResult:
+    """Post ``message`` through the Airflow connection ``conn_id``; never raises.
+
+    conn_type ``slackwebhook`` posts to the incoming webhook; ``slack`` calls chat.postMessage
+    with the bot token, to the connection's extra ``channel`` or ``TRAILGUARD_SLACK_CHANNEL``.
+    """
+    secrets: list[str] = []
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+        secrets = [s for s in (conn.password, conn.host) if s]
+        handlers = retry_handlers(retries)
+        seconds = timeout_seconds(timeout)
+        if conn.conn_type == "slackwebhook":
+            return _send_webhook(message, conn_id, seconds, handlers)
+        if conn.conn_type == "slack":
+            channel = (conn.extra_dejson or {}).get("channel") or os.environ.get(CHANNEL_ENV)
+            if not channel:
+                return _config_error(f"connection {conn_id!r} has no extra 'channel' and {CHANNEL_ENV} is unset")
+            return _send_web_api(message, conn_id, str(channel), seconds, handlers)
+        return _config_error(f"connection {conn_id!r} has conn_type {conn.conn_type!r}; use slackwebhook or slack")
+    except Exception as err:  # classify, never raise: the outbox must record every outcome
+        result = classify_exception(err)
+        return SendResult(
+            ok=False,
+            error=redact(result.error or "", secrets),
+            retryable=result.retryable,
+            maybe_delivered=result.maybe_delivered,
+        )
+
+
+def _config_error(error: str) -> SendResult:
+    """A wrong or missing connection: retryable, so alerts wait for the fix instead of failing."""
+    return SendResult(ok=False, error=error, retryable=True)
+
+
+def _send_webhook(message: Message, conn_id: str, timeout: float, handlers: list[RetryHandler]) -> SendResult:
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=timeout, retry_handlers=handlers, logger=_CLIENT_LOG)
+    # hook.client is the WebhookClient the hook builds from the connection; hook.send() would
+    # raise on any non-200 and hide the status code we classify on.
+    resp = hook.client.send(text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False)
+    return classify_webhook(resp.status_code, str(resp.body or ""))
+
+
+def _send_web_api(
+    message: Message, conn_id: str, channel: str, timeout: float, handlers: list[RetryHandler]
+) -> SendResult:
+    from airflow.providers.slack.hooks.slack import SlackHook
+    from slack_sdk.errors import SlackApiError
+
+    hook = SlackHook(slack_conn_id=conn_id, timeout=timeout, retry_handlers=handlers, logger=_CLIENT_LOG)
+    body = {
+        "channel": channel,
+        "text": message.text,
+        "blocks": message.blocks,
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }
+    try:
+        resp = hook.call("chat.postMessage", json=body)
+    except SlackApiError as err:
+        data = err.response.data if isinstance(err.response.data, dict) else {}
+        return classify_web_api(err.response.status_code, str(data.get("error") or "unknown_error"))
+    reply = {"channel": resp.get("channel"), "ts": resp.get("ts")}
+    return SendResult(ok=True, reply=json.dumps(reply))
+
+
+# chat.postMessage errors worth retrying; for the last two Slack says part of the operation may
+# already have succeeded, so a retry may duplicate the post.
+_API_RETRYABLE = {"ratelimited", "rate_limited", "service_unavailable", "request_timeout"}
+_API_MAYBE_DONE = {"internal_error", "fatal_error"}
+
+
+def classify_webhook(status: int, body: str) -> SendResult:
+    """Outcome of an incoming-webhook POST by HTTP status (bodies are short error codes)."""
+    if status == 200:
+        return SendResult(ok=True, reply=body.strip()[:200] or "ok")
+    error = f"HTTP {status}: {body.strip()[:200]}"
+    return SendResult(ok=False, error=error, retryable=status == 429 or status >= 500)
+
+
+def classify_web_api(status: int, error: str) -> SendResult:
+    """Outcome of a failed chat.postMessage by status and Slack's ``error`` code."""
+    text = f"HTTP {status}: {error}"
+    if error in _API_MAYBE_DONE:
+        return SendResult(ok=False, error=text, retryable=True, maybe_delivered=True)
+    retryable = status == 429 or status >= 500 or error in _API_RETRYABLE
+    return SendResult(ok=False, error=text, retryable=retryable)
+
+
+def classify_exception(err: BaseException) -> SendResult:
+    """Outcome of an exception from the HTTP call.
+
+    urllib wraps failures while connecting or sending in ``URLError``: nothing was posted. A
+    timeout, reset or broken answer after that means Slack may have posted the message.
+    """
+    name = type(err).__name__
+    if isinstance(err, URLError):
+        return SendResult(ok=False, error=f"{name}: {err.reason}", retryable=True)
+    if isinstance(err, (TimeoutError, ConnectionError, http.client.HTTPException)):
+        return SendResult(ok=False, error=f"{name}: {err}", retryable=True, maybe_delivered=True)
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    if isinstance(err, AirflowNotFoundException):
+        return _config_error(f"{name}: {err}")
+    if isinstance(err, OSError):
+        return SendResult(ok=False, error=f"{name}: {err}", retryable=True, maybe_delivered=True)
+    return SendResult(ok=False, error=f"{name}: {err}", retryable=False)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without webhook URLs, tokens or the connection's secret values."""
+    for secret in secrets:
+        if len(secret) >= 6:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("***", text)
+    return text

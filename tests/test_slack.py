@@ -1,0 +1,279 @@
+"""Slack messages and sending: real slack_sdk through the Airflow provider hooks, against a fake Slack."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import pytest
+from fake_slack import (  # ruff: ignore[unused-import] - the *_fixture names register pytest fixtures
+    API_PATH,
+    FORBIDDEN,
+    HANG,
+    HOSTILE_SESSION,
+    HOSTILE_USER,
+    HOSTILE_USER_AGENT,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    WEBHOOK_PATH,
+    FakeSlack,
+    alert_payload,
+    assert_block_kit_limits,
+    fake_slack_fixture,
+    slack_bot_conn_fixture,
+    slack_webhook_conn_fixture,
+    strings,
+)
+from trailguard import slack
+
+LAKE = "s3://trailguard-lake/prod"
+
+
+# -- escaping ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "<!channel>",
+        "<!here|here>",
+        "<!everyone>",
+        "<@U123>",
+        "<#C123>",
+        "<!subteam^S123>",
+        "<http://evil.example|click>",
+        "@here",
+        "@channel please",
+        "@Everyone",
+    ],
+)
+def test_escape_leaves_no_mention_or_link(hostile: str) -> None:
+    out = slack.escape(hostile)
+    assert "<" not in out and ">" not in out
+    for word in ("@here", "@channel", "@everyone", "!channel", "!here", "!everyone"):
+        assert word not in out.lower()
+
+
+def test_escape_entities_backticks_controls_and_urls() -> None:
+    assert slack.escape("a & b < c > d") == "a &amp; b &lt; c &gt; d"
+    assert "`" not in slack.escape("``` `code` ```")
+    assert slack.escape("a\x00b\x1bc\u202ed\nline") == "abcd line"
+    assert "http://" not in slack.escape("see http://evil.example")
+    assert slack.escape("s3://bucket/x", defang_urls=False) == "s3://bucket/x"
+    assert slack.escape(None) == ""
+
+
+def test_escape_truncates_before_escaping() -> None:
+    out = slack.escape("x" * 500, limit=100)
+    assert len(out) == 100 and out.endswith("\u2026")
+    out = slack.escape("&" * 50, limit=10)
+    assert out == "&amp;" * 9 + "\u2026"  # never half an entity
+
+
+def test_clip_keeps_entities_whole() -> None:
+    text = "abc&amp;def"
+    assert slack.clip(text, 6) == "abc\u2026"
+    assert slack.clip(text, 100) == text
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def test_render_cross_account_alert() -> None:
+    message = slack.render_alert(alert_payload(1), LAKE)
+    assert_block_kit_limits(message.blocks)
+    body = json.dumps(message.blocks)
+    assert "AWS Cross Account Activity From Previously Unseen Account" in message.blocks[0]["text"]["text"]
+    assert "Low severity" in body and "111122223333" in body and "444400000001" in body
+    assert "https://us-east-1.console.aws.amazon.com/cloudtrailv2/home?region=us-east-1#/events/evt-0001" in body
+    assert "read_parquet('s3://trailguard-lake/prod/events/*/*/*.parquet', hive_partitioning = true)" in body
+    assert "event_id IN ('evt-0001')" in body
+    assert "*Events*\\n7" in body
+    assert slack.POSSIBLE_DUPLICATE not in body
+    assert message.text.startswith(":large_yellow_circle: Low")
+
+
+def test_render_country_alert_with_attack_links_and_known_countries() -> None:
+    message = slack.render_alert(alert_payload(2, country=True, risk=42), LAKE)
+    assert_block_kit_limits(message.blocks)
+    body = json.dumps(message.blocks)
+    assert "Medium severity" in body
+    assert "<https://attack.mitre.org/techniques/T1078/|T1078>" in body
+    assert "<https://attack.mitre.org/techniques/T1078/004/|T1078.004>" in body
+    assert "Countries seen before" in body and "`DE`" in body and "`US`" in body
+    assert "Brazil" in body and "AS20712" in body
+
+
+def test_severity_and_links() -> None:
+    assert slack.severity(70)[0] == "High" and slack.severity(40)[0] == "Medium" and slack.severity(39)[0] == "Low"
+    assert slack.attack_url("T1078.004") == "https://attack.mitre.org/techniques/T1078/004/"
+    assert slack.attack_url("T1078|x") is None
+    assert slack.cloudtrail_event_url("us-east-1", "a|b>") is None
+    assert slack.cloudtrail_event_url("<evil>", "abc") is None
+
+
+def test_possible_duplicate_is_marked() -> None:
+    message = slack.render_alert(alert_payload(1), LAKE, possible_duplicate=True)
+    assert message.text.startswith(slack.POSSIBLE_DUPLICATE)
+    assert slack.POSSIBLE_DUPLICATE in json.dumps(message.blocks)
+
+
+def test_huge_alert_stays_within_slack_limits() -> None:
+    alert = alert_payload(3, country=True, hostile=True)
+    row = dict(alert["rows"][0], user_agent="<!here>" * 2000, role_arn="&" * 5000, object="x" * 9000)
+    alert.update(
+        detection="D" * 500,
+        message="<@U1> " * 2000,
+        rows=[dict(row, event_id=f"evt-{i}") for i in range(500)],
+        rows_total=10_000,
+        known_countries=[f"C{i}" for i in range(400)],
+        mitre_attack=[f"T{1000 + i}" for i in range(40)],
+    )
+    message = slack.render_alert(alert, LAKE)
+    assert_block_kit_limits(message.blocks)
+    assert len(message.text) <= slack.MAX_TEXT
+    assert not any(f in s for s in strings(message.blocks) for f in FORBIDDEN)
+
+
+def test_digest_and_ops_messages() -> None:
+    alerts = [alert_payload(i, risk=15 + i, hostile=True) for i in range(60)]
+    digest = slack.render_digest(alerts, total=75)
+    assert_block_kit_limits(digest.blocks)
+    body = json.dumps(digest.blocks)
+    assert "75 alerts from historical intervals" in digest.blocks[0]["text"]["text"]
+    assert body.index("444400000059") < body.index("444400000058")  # highest risk first
+    assert "444400000001" not in body  # only the top ones are listed
+    assert "55 more" in body
+
+    ops = slack.render_ops("Ingest failed", ["object <!channel> s3://b/k `x`", "second"])
+    assert_block_kit_limits(ops.blocks)
+    assert not any(f in s for s in [*strings(ops.blocks), ops.text] for f in FORBIDDEN)
+
+
+# -- sending -----------------------------------------------------------------------------------
+def _assert_clean_body(body: dict) -> None:
+    """A posted body holds well-formed blocks and no hostile value in live form."""
+    assert isinstance(body["text"], str) and body["text"]
+    assert_block_kit_limits(body["blocks"])
+    for s in strings(body):
+        for forbidden in FORBIDDEN:
+            assert forbidden not in s, (forbidden, s)
+        for raw in (HOSTILE_USER_AGENT, HOSTILE_SESSION, HOSTILE_USER):
+            assert raw not in s
+
+
+def test_webhook_delivers_blocks(fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
+    result = slack.send(slack.render_alert(alert_payload(1, hostile=True), LAKE), slack_webhook_conn)
+    assert result == slack.SendResult(ok=True, reply="ok")
+    [post] = fake_slack.posts()
+    assert post.path == WEBHOOK_PATH and post.status == 200
+    assert post.headers["Content-Type"].startswith("application/json")
+    assert post.body is not None and post.body["unfurl_links"] is False
+    _assert_clean_body(post.body)
+
+
+def test_bot_token_posts_chat_post_message(fake_slack: FakeSlack, slack_bot_conn: str) -> None:
+    result = slack.send(slack.render_alert(alert_payload(2, country=True, hostile=True), LAKE), slack_bot_conn)
+    assert result.ok and result.error is None
+    assert json.loads(result.reply) == {"channel": "C000ALERTS", "ts": "1700000000.000001"}
+    [post] = fake_slack.posts()
+    assert post.path == API_PATH
+    assert post.headers["Authorization"] == "Bearer xoxb-test"
+    assert post.body is not None and post.body["channel"] == "#alerts"
+    _assert_clean_body(post.body)
+
+
+def test_channel_from_environment(fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": fake_slack.api_url}}
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_NOCHAN", json.dumps(conn))
+    missing = slack.send(slack.render_ops("t", []), "slack_nochan")
+    assert not missing.ok and missing.retryable and "channel" in (missing.error or "")
+    assert fake_slack.posts() == []
+    monkeypatch.setenv("TRAILGUARD_SLACK_CHANNEL", "C0SEC")
+    assert slack.send(slack.render_ops("t", []), "slack_nochan").ok
+    assert fake_slack.posts()[0].body["channel"] == "C0SEC"
+
+
+@pytest.mark.parametrize("conn", ["slack_webhook_conn", "slack_bot_conn"])
+def test_rate_limit_is_honoured_then_succeeds(fake_slack: FakeSlack, conn: str, request: pytest.FixtureRequest) -> None:
+    conn_id = request.getfixturevalue(conn)
+    fake_slack.script(RATE_LIMITED)
+    result = slack.send(slack.render_alert(alert_payload(1), LAKE), conn_id)
+    assert result.ok
+    assert [p.status for p in fake_slack.posts()] == [429, 200]
+    assert fake_slack.posts()[0].raw == fake_slack.posts()[1].raw
+
+
+def test_server_error_then_success(fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
+    fake_slack.script(SERVER_ERROR)
+    assert slack.send(slack.render_alert(alert_payload(1), LAKE), slack_webhook_conn).ok
+    assert [p.status for p in fake_slack.posts()] == [500, 200]
+
+
+def test_persistent_server_error_is_retryable(fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
+    fake_slack.default = SERVER_ERROR
+    result = slack.send(slack.render_ops("t", ["x"]), slack_webhook_conn, retries=1)
+    assert not result.ok and result.retryable and not result.maybe_delivered
+    assert len(fake_slack.posts()) == 2  # one in-process retry
+
+
+@pytest.mark.parametrize(
+    ("conn", "error"),
+    [
+        ("slack_webhook_conn", "invalid_payload"),
+        ("slack_webhook_conn", "no_service"),
+        ("slack_bot_conn", "invalid_blocks"),
+        ("slack_bot_conn", "channel_not_found"),
+    ],
+)
+def test_client_errors_are_not_retryable(
+    fake_slack: FakeSlack, conn: str, error: str, request: pytest.FixtureRequest
+) -> None:
+    conn_id = request.getfixturevalue(conn)
+    fake_slack.script(("error", error))
+    result = slack.send(slack.render_ops("t", ["x"]), conn_id)
+    assert not result.ok and not result.retryable and not result.maybe_delivered
+    assert error in (result.error or "")
+    assert len(fake_slack.posts()) == 1
+
+
+@pytest.mark.parametrize("conn", ["slack_webhook_conn", "slack_bot_conn"])
+def test_hang_is_maybe_delivered_and_not_retried_in_process(
+    fake_slack: FakeSlack, conn: str, request: pytest.FixtureRequest
+) -> None:
+    conn_id = request.getfixturevalue(conn)
+    fake_slack.script(HANG)
+    result = slack.send(slack.render_ops("t", ["x"]), conn_id)
+    assert not result.ok and result.retryable and result.maybe_delivered
+    assert len(fake_slack.posts()) == 1
+
+
+def test_connection_refused_is_retryable_and_not_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    conn = {"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T000/B000/XXXX"}
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_DEAD", json.dumps(conn))
+    result = slack.send(slack.render_ops("t", ["x"]), "slack_dead", retries=0, timeout=1)
+    assert not result.ok and result.retryable and not result.maybe_delivered
+
+
+def test_connection_problems_are_retryable_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = slack.send(slack.render_ops("t", []), "no_such_connection")
+    assert not missing.ok and missing.retryable and not missing.maybe_delivered
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_HTTP", json.dumps({"conn_type": "http", "host": "example.com"}))
+    wrong = slack.send(slack.render_ops("t", []), "slack_http")
+    assert not wrong.ok and wrong.retryable and "conn_type" in (wrong.error or "")
+
+
+def test_secrets_never_logged_or_returned(
+    fake_slack: FakeSlack, slack_webhook_conn: str, slack_bot_conn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_slack.script(SERVER_ERROR, HANG, ("error", "invalid_payload"), SERVER_ERROR, ("error", "not_authed"))
+    results = [slack.send(slack.render_ops("t", ["x"]), slack_webhook_conn, retries=0) for _ in range(3)]
+    results += [slack.send(slack.render_ops("t", ["x"]), slack_bot_conn, retries=0) for _ in range(2)]
+    assert not any(r.ok for r in results)
+    texts = [caplog.text, *(r.error or "" for r in results), *(r.reply for r in results)]
+    for text in texts:
+        assert "/services/T000/B000/XXXX" not in text
+        assert "xoxb-test" not in text
+    assert slack.redact(f"boom {fake_slack.webhook_url}", [fake_slack.webhook_url]) == "boom ***"
+    assert slack.redact("token xoxb-123-abc leaked") == "token *** leaked"
