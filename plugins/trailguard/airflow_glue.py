@@ -5,6 +5,7 @@ DAG files call these and nothing else, so the rest of the package runs without A
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -72,3 +73,56 @@ def ingest_interval(context: dict[str, Any]) -> dict[str, Any]:
     summary = rt.ingest(rt.settings.source, start, end)
     log.info("ingest %s .. %s from %s\n%s", start.isoformat(), end.isoformat(), rt.settings.source, summary.text())
     return {**summary.as_dict(), "start": start.isoformat(), "end": end.isoformat()}
+
+
+def detection_ids() -> list[str]:
+    """Spec ids for mapping one task per detection (read at parse time: small local YAML)."""
+    from trailguard.specs import load_specs
+
+    return [spec.id for spec in load_specs(Settings.from_env().detections_dir)]
+
+
+def _at(context: dict[str, Any]) -> datetime:
+    return interval(context)[1]
+
+
+def baseline_initial(context: dict[str, Any]) -> list[dict[str, Any]]:
+    rt = runtime()
+    params = context["params"]
+    at = _parse_at(params.get("at")) or _at(context)
+    reports = [rt.engine.baseline_initial(spec, at, params.get("lookback_days")).as_dict() for spec in rt.specs]
+    log.info("baseline initial at %s: %s", at.isoformat(), json.dumps(reports))
+    return reports
+
+
+def baseline_update(context: dict[str, Any]) -> list[dict[str, Any]]:
+    rt = runtime()
+    at = _at(context)
+    reports = [rt.engine.baseline_update(spec, at).as_dict() for spec in rt.specs]
+    log.info("baseline update at %s: %s", at.isoformat(), json.dumps(reports))
+    return reports
+
+
+def detect(spec_id: str, context: dict[str, Any]) -> dict[str, Any]:
+    rt = runtime()
+    report = rt.engine.detect(rt.spec(spec_id), _at(context))
+    log.info("%s", json.dumps(report.as_dict()))
+    for alert in report.alerts:
+        log.info("ALERT %s", json.dumps(alert.as_dict()))
+    return report.as_dict()
+
+
+def deliver_alerts() -> dict[str, Any]:
+    from datetime import timezone
+
+    report = runtime().deliver_alerts(datetime.now(timezone.utc))
+    log.info("slack delivery: %s", report)
+    if report.failed:
+        log.warning("%s alerts could not be delivered and are marked failed", report.failed)
+    return dataclasses.asdict(report)
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    from trailguard.settings import _datetime
+
+    return _datetime(value) if value else None

@@ -45,6 +45,64 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _specs(runtime, chosen: str | None) -> list:
+    return [runtime.spec(chosen)] if chosen else runtime.specs
+
+
+def cmd_baseline_initial(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.runtime import Runtime
+
+    runtime = Runtime.local(settings)
+    for spec in _specs(runtime, args.detection):
+        report = runtime.engine.baseline_initial(spec, args.at, args.days)
+        print(json.dumps(report.as_dict()))
+    return 0
+
+
+def cmd_baseline_update(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.runtime import Runtime
+
+    runtime = Runtime.local(settings)
+    for spec in _specs(runtime, args.detection):
+        print(json.dumps(runtime.engine.baseline_update(spec, args.at).as_dict()))
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.runtime import Runtime
+
+    runtime = Runtime.local(settings)
+    for spec in _specs(runtime, args.detection):
+        report = runtime.engine.detect(spec, args.at)
+        log.info("%s", json.dumps(report.as_dict()))
+        for alert in report.alerts:
+            print(json.dumps(alert.as_dict()), flush=True)
+    return _notify(runtime) if args.notify else 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.replay import replay
+    from trailguard.runtime import Runtime
+
+    runtime = Runtime.local(settings)
+    specs = _specs(runtime, args.detection)
+    if args.baseline_days:
+        for spec in specs:
+            runtime.engine.baseline_initial(spec, args.start, args.baseline_days)
+    count = 0
+    for alert in replay(runtime.engine, specs, args.start, args.end):
+        print(json.dumps(alert.as_dict()), flush=True)
+        count += 1
+    log.info("replay %s .. %s: %d alerts", args.start.isoformat(), args.end.isoformat(), count)
+    return _notify(runtime) if args.notify else 0
+
+
+def _notify(runtime) -> int:
+    report = runtime.deliver_alerts(utcnow())
+    log.info("slack: %s", report)
+    return 0
+
+
 class UsageError(Exception):
     pass
 
@@ -61,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reprocess", action="store_true", help="process objects again even if the ledger has them")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_ingest)
+
+    def detection_command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--detection", help="one spec (id, file stem or name); default all")
+        p.set_defaults(func=func)
+        return p
+
+    p = detection_command("baseline-initial", cmd_baseline_initial, "build baselines from the lake's history")
+    p.add_argument("--at", type=_iso, required=True, help="evaluation time T (history before T)")
+    p.add_argument("--days", type=int, help="lookback in days (default: the spec's, 90)")
+    p = detection_command("baseline-update", cmd_baseline_update, "merge what was delivered since the last update")
+    p.add_argument("--at", type=_iso, required=True)
+    p = detection_command("detect", cmd_detect, "evaluate the 24-hour window ending at T; alerts as JSON lines")
+    p.add_argument("--at", type=_iso, required=True)
+    p.add_argument("--notify", action="store_true", help="also deliver pending alerts to Slack")
+    p = detection_command("replay", cmd_replay, "run the DAGs' schedule over (start, end]; alerts as JSON lines")
+    p.add_argument("--start", type=_iso, required=True)
+    p.add_argument("--end", type=_iso, required=True)
+    p.add_argument("--baseline-days", type=int, help="first build baselines at --start over this many days")
+    p.add_argument("--notify", action="store_true", help="deliver the alerts to Slack (default: print only)")
     return parser
 
 
@@ -72,12 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines say nothing an operator needs
+    from trailguard.detect import BaselineMissing
     from trailguard.sources import SourceError
 
     try:
         settings = Settings.from_env()
         return args.func(args, settings)
-    except (SourceError, UsageError, ValueError) as exc:
+    except (SourceError, UsageError, ValueError, KeyError, BaselineMissing) as exc:
         print(f"trailguard: error: {exc}", file=sys.stderr)
         return 2
 

@@ -89,6 +89,7 @@ class Lake:
             self.base = str(Path(uri).expanduser().resolve())
             self.local = True
         self.events = f"{self.base}/events"
+        self._duckdb: duckdb.DuckDBPyConnection | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     def partition_dir(self, partition: str) -> str:
@@ -135,11 +136,7 @@ class Lake:
 
         ``partitions`` limits it to those event hours; None means all. None is returned when
         there is no file at all."""
-        if partitions is None:
-            selector = pafs.FileSelector(self.events, recursive=True, allow_not_found=True)
-            paths = [i.path for i in self.fs.get_file_info(selector) if _is_data(i)]
-        else:
-            paths = [p for part in partitions for p in self.files(part).values()]
+        paths = [info.path for info in self.file_infos(partitions)]
         if not paths:
             return None
         return ds.dataset(
@@ -152,13 +149,40 @@ class Lake:
         )
 
     def connect(self, partitions: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the events (all, or those partitions) as the view ``events``."""
-        con = duckdb.connect()
+        """A DuckDB cursor with the events (all, or those partitions) as the view ``events``.
+        Cursors share one in-memory database: opening a database costs more than most queries."""
+        if self._duckdb is None:
+            self._duckdb = duckdb.connect()
+        con = self._duckdb.cursor()
         dataset = self.dataset(partitions)
         if dataset is None:
             dataset = pa.schema([*SCHEMA, *PARTITIONING.schema]).empty_table()
         con.register("events", dataset)
         return con
+
+    def file_infos(self, partitions: Iterable[str] | None = None) -> list[pafs.FileInfo]:
+        """Data files (with size and mtime) of those event hours, or of all when None."""
+        if partitions is None:
+            return self._data_files(self.events)
+        wanted = set(partitions)
+        dates = {p.split("T")[0] for p in wanted} & self._dates()
+        return [
+            info
+            for date in sorted(dates)
+            for info in self._data_files(f"{self.events}/event_date={date}")
+            if partition_of_path(info.path) in wanted
+        ]
+
+    def _dates(self) -> set[str]:
+        """The event dates the lake holds (one listing), so long ranges cost nothing per empty day."""
+        selector = pafs.FileSelector(self.events, allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        return {i.base_name[len("event_date=") :] for i in infos if i.base_name.startswith("event_date=")}
+
+    def _data_files(self, folder: str) -> list[pafs.FileInfo]:
+        """One recursive listing per folder (a date folder costs one S3 LIST, not 24)."""
+        selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+        return sorted((i for i in self.fs.get_file_info(selector) if _is_data(i)), key=lambda i: i.path)
 
 
 class FileWriter:
@@ -309,6 +333,13 @@ def _is_data(info: pafs.FileInfo) -> bool:
     return (
         info.type == pafs.FileType.File and info.base_name.startswith("delivered-") and info.path.endswith(".parquet")
     )
+
+
+def partition_of_path(path: str) -> str:
+    parts = path.split("/")
+    date = next(p for p in parts if p.startswith("event_date="))[len("event_date=") :]
+    hour = next(p for p in parts if p.startswith("event_hour="))[len("event_hour=") :]
+    return f"{date}T{hour}"
 
 
 def _tmpdir() -> str:

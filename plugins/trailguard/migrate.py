@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from alembic import command
@@ -36,7 +35,6 @@ def upgrade(engine: Engine) -> None:
     if current(engine) == head():
         return
     cfg = _config()
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7244511)"))

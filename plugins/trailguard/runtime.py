@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+from trailguard.detect import Engine
+from trailguard.geoip import GeoIP
 from trailguard.ingest import Progress, Summary, ingest
 from trailguard.lake import Lake
 from trailguard.settings import Settings
 from trailguard.sources import SourceError, open_store
+from trailguard.specs import Spec, load_specs
 from trailguard.store import StateStore
 
 
@@ -39,6 +42,30 @@ class Runtime:
     @cached_property
     def lake(self) -> Lake:
         return Lake(self.settings.lake, self.lake_filesystem)
+
+    @cached_property
+    def specs(self) -> list[Spec]:
+        return load_specs(self.settings.detections_dir)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return Engine(self.lake, self.state, GeoIP(self.settings.geoip_db, self.settings.geoip_asn_db))
+
+    def deliver_alerts(self, now: datetime) -> Any:
+        """Send pending alerts to the Slack connection; older than the horizon: one digest."""
+        from functools import partial
+
+        from trailguard import outbox, slack
+
+        send = partial(slack.send, conn_id=self.settings.slack_conn_id)
+        horizon = timedelta(hours=self.settings.alert_horizon_hours)
+        return outbox.deliver_pending(self.state, send, now, horizon, self.settings.lake)
+
+    def spec(self, spec_id: str) -> Spec:
+        for spec in self.specs:
+            if spec_id in {spec.id, spec.slug, spec.name}:
+                return spec
+        raise KeyError(f"no detection spec {spec_id!r} in {self.settings.detections_dir}")
 
     def ingest(
         self,

@@ -21,7 +21,7 @@ def _default_geoip_db() -> str:
         from _maxminddb_geolite2 import geolite2_database
     except ImportError:  # pragma: no cover - the package is a pinned requirement
         return ""
-    return str(geolite2_database)
+    return str(geolite2_database())
 
 
 def _csv(value: str) -> tuple[str, ...]:

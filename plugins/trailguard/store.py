@@ -79,10 +79,12 @@ baselines = sa.Table(
     metadata,
     sa.Column("detection_id", sa.String(64), primary_key=True),
     sa.Column("key", sa.String(512), primary_key=True),  # canonical JSON of the baseline key fields
+    sa.Column("alert_key", sa.String(512), nullable=False),  # the alert key it counts for (e.g. its country)
     sa.Column("first_seen", UTCDateTime, nullable=False),
     sa.Column("last_seen", UTCDateTime, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("attrs", sa.Text, nullable=False),  # JSON: what was known at first sight (e.g. geography)
+    sa.Index("ix_baselines_alert_key", "detection_id", "alert_key"),
 )
 
 watermarks = sa.Table(
@@ -252,7 +254,7 @@ class StateStore:
     def partition_lock(self, partition: str) -> Generator[PartitionLease, None, None]:
         """Serialise writers of one lake partition (concurrent backfill runs share event hours)."""
         with self.engine.begin() as conn:
-            insert = _insert_ignore(conn, lake_partitions)
+            insert = insert_ignore(conn, lake_partitions)
             conn.execute(insert.values(partition=partition, rows=0, updated_at=now()))
             conn.execute(
                 lake_partitions.update().where(lake_partitions.c.partition == partition).values(updated_at=now())
@@ -274,6 +276,12 @@ class StateStore:
         with self.engine.connect() as conn:
             return sorted(conn.execute(q).scalars())
 
+    def first_partition(self, since: str) -> str | None:
+        """The earliest lake partition at or after ``since`` that holds events."""
+        c = lake_partitions.c
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.min(c.partition)).where(c.partition >= since, c.rows > 0)).scalar()
+
 
 @dataclass
 class PartitionLease:
@@ -281,7 +289,7 @@ class PartitionLease:
     max_delivered_at: datetime | None = None
 
 
-def _insert_ignore(conn: Connection, table: sa.Table):
+def insert_ignore(conn: Connection, table: sa.Table):
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

@@ -19,11 +19,13 @@ def upgrade() -> None:
         "baselines",
         sa.Column("detection_id", sa.String(64), primary_key=True),
         sa.Column("key", sa.String(512), primary_key=True),
+        sa.Column("alert_key", sa.String(512), nullable=False),
         sa.Column("first_seen", UTCDateTime, nullable=False),
         sa.Column("last_seen", UTCDateTime, nullable=False),
         sa.Column("count", sa.BigInteger, nullable=False),
         sa.Column("attrs", sa.Text, nullable=False),
     )
+    op.create_index("ix_baselines_alert_key", "baselines", ["detection_id", "alert_key"])
     op.create_table(
         "watermarks",
         sa.Column("name", sa.String(128), primary_key=True),
@@ -67,4 +69,5 @@ def downgrade() -> None:
     op.drop_index("ix_alerts_status", "alerts")
     op.drop_table("alerts")
     op.drop_table("watermarks")
+    op.drop_index("ix_baselines_alert_key", "baselines")
     op.drop_table("baselines")

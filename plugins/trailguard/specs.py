@@ -1,0 +1,148 @@
+"""Detection specs: one YAML file per detection in ``include/detections``, validated on load."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trailguard.derive import ROW_BUILDERS
+
+# Fields every candidate row has (derive.py builds them); keys, context and placeholders name them.
+ROW_FIELDS = frozenset(
+    {
+        "event_id", "event_time", "event_name", "aws_region", "recipient_account_id", "user", "user_arn",
+        "src", "country", "country_name", "city", "region", "asn", "asn_org", "object", "command",
+        "requesting_account_id", "requested_account_id", "role_arn", "role_session_name", "user_agent",
+    }
+)  # fmt: skip
+ATTACK_ID = re.compile(r"^T\d{4}(\.\d{3})?$")
+PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_.]*)\$")
+REQUIRED = {
+    "id", "name", "description", "mitre_attack", "risk", "message", "placeholders", "events", "rows",
+    "key", "baseline_key", "context", "window_hours", "baseline",
+}  # fmt: skip
+OPTIONAL = {"escu_baselines", "references"}
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Spec:
+    id: str
+    name: str
+    description: str
+    mitre_attack: tuple[str, ...]
+    risk_score: int
+    impact: int
+    confidence: int
+    message: str
+    placeholders: dict[str, str]
+    event_names: tuple[str, ...]
+    success_only: bool
+    exclude_user_types: tuple[str, ...]
+    rows: str
+    key: tuple[str, ...]
+    baseline_key: tuple[str, ...]
+    context: tuple[str, ...]
+    window_hours: int
+    lookback_days: int
+    warmup_days: int
+    forget_days: int
+    max_age_hours: int
+    path: str
+
+    @property
+    def slug(self) -> str:
+        return Path(self.path).stem
+
+
+def load_specs(folder: str | Path) -> list[Spec]:
+    paths = sorted(Path(folder).glob("*.yml"))
+    if not paths:
+        raise SpecError(f"no detection specs (*.yml) in {folder}")
+    specs = [load_spec(p) for p in paths]
+    ids = [s.id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise SpecError(f"duplicate detection ids in {folder}")
+    return specs
+
+
+def load_spec(path: str | Path) -> Spec:
+    doc = yaml.safe_load(Path(path).read_text())
+    try:
+        return _spec(doc, str(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def _spec(doc: Any, path: str) -> Spec:
+    if not isinstance(doc, dict):
+        raise ValueError("a spec is a mapping")
+    missing, unknown = REQUIRED - doc.keys(), doc.keys() - REQUIRED - OPTIONAL
+    if missing or unknown:
+        raise ValueError(f"missing {sorted(missing)}, unknown {sorted(unknown)}")
+    uuid.UUID(doc["id"])
+    attack = tuple(doc["mitre_attack"])
+    bad = [a for a in attack if not ATTACK_ID.match(a)]
+    if bad:
+        raise ValueError(f"malformed ATT&CK ids {bad}")
+    risk = doc["risk"]
+    if int(risk["score"]) != int(risk["impact"]) * int(risk["confidence"]) // 100:
+        raise ValueError("risk score must be impact x confidence / 100, as ESCU computes it")
+    message = " ".join(doc["message"].split())
+    placeholders = dict(doc["placeholders"])
+    unresolved = set(PLACEHOLDER.findall(message)) - placeholders.keys()
+    if unresolved:
+        raise ValueError(f"message placeholders without a field: {sorted(unresolved)}")
+    if doc["rows"] not in ROW_BUILDERS:
+        raise ValueError(f"rows: unknown builder {doc['rows']!r}; known: {sorted(ROW_BUILDERS)}")
+    for name in ("key", "baseline_key", "context"):
+        unknown_fields = set(doc[name]) - ROW_FIELDS
+        if unknown_fields or not doc[name]:
+            raise ValueError(f"{name}: unknown or no fields {sorted(unknown_fields)}")
+    if set(placeholders.values()) - ROW_FIELDS:
+        raise ValueError(f"placeholders map to unknown fields {sorted(set(placeholders.values()) - ROW_FIELDS)}")
+    events, baseline = doc["events"], doc["baseline"]
+    if not events["event_names"]:
+        raise ValueError("events.event_names is empty")
+    return Spec(
+        id=doc["id"],
+        name=doc["name"],
+        description=" ".join(doc["description"].split()),
+        mitre_attack=attack,
+        risk_score=int(risk["score"]),
+        impact=int(risk["impact"]),
+        confidence=int(risk["confidence"]),
+        message=message,
+        placeholders=placeholders,
+        event_names=tuple(events["event_names"]),
+        success_only=bool(events["success_only"]),
+        exclude_user_types=tuple(events.get("exclude_user_types") or ()),
+        rows=doc["rows"],
+        key=tuple(doc["key"]),
+        baseline_key=tuple(doc["baseline_key"]),
+        context=tuple(doc["context"]),
+        window_hours=int(doc["window_hours"]),
+        lookback_days=int(baseline["lookback_days"]),
+        warmup_days=int(baseline["warmup_days"]),
+        forget_days=int(baseline["forget_days"]),
+        max_age_hours=int(baseline["max_age_hours"]),
+        path=path,
+    )
+
+
+def render_message(spec: Spec, row: dict[str, Any]) -> str:
+    """ESCU's ``$field$`` message for one row; a field with no value reads "unknown"."""
+
+    def value(match: re.Match) -> str:
+        got = row.get(spec.placeholders[match.group(1)])
+        return "unknown" if got in (None, "") else str(got)
+
+    return PLACEHOLDER.sub(value, spec.message)
