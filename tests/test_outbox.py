@@ -195,8 +195,8 @@ def test_hang_marks_possible_duplicate_and_delivers_later(
 def test_stale_claim_is_taken_over_and_marked(
     state: StateStore, fake_slack: FakeSlack, slack_webhook_conn: str
 ) -> None:
-    stale = insert(state, 1, status="sending", sent_at=now() - timedelta(hours=1))
-    fresh = insert(state, 2, status="sending", sent_at=now())
+    stale = insert(state, 1, status="sending", claimed_at=now() - timedelta(hours=1))
+    fresh = insert(state, 2, status="sending", claimed_at=now())
     report = run(state, slack_webhook_conn)
     assert report.sent == 1 and report.still_pending == 1
     after = rows(state)

@@ -14,8 +14,8 @@ have been delivered)". We prefer a marked possible duplicate to a lost alert.
 
 Claims make concurrent runs safe: a row is posted only by the run whose
 ``UPDATE ... SET status='sending' WHERE id=? AND status='pending'`` changed it (rowcount 1),
-which is atomic on SQLite and PostgreSQL alike. While a row is 'sending', ``sent_at`` holds the
-claim time; a claim older than ``stale_after`` (a run that died mid-post) is taken over and the
+which is atomic on SQLite and PostgreSQL alike. While a row is 'sending', ``claimed_at`` holds
+the claim time; a claim older than ``stale_after`` (a run that died mid-post) is taken over and the
 re-send is marked as a possible duplicate, since the dead run may have posted it.
 
 Alerts that fired before ``now - horizon`` (backfills, catch-up after an outage) are not posted
@@ -127,7 +127,7 @@ def _claimable(stale_before: datetime) -> sa.ColumnElement[bool]:
     """Pending, or claimed by a run that has not settled it for too long."""
     stale = sa.and_(
         alerts.c.status == SENDING,
-        sa.or_(alerts.c.sent_at.is_(None), alerts.c.sent_at < stale_before),
+        sa.or_(alerts.c.claimed_at.is_(None), alerts.c.claimed_at < stale_before),
     )
     return sa.or_(alerts.c.status == PENDING, stale)
 
@@ -160,7 +160,7 @@ def _claim(state: StateStore, ids: Sequence[int], stale_before: datetime) -> lis
                 .where(alerts.c.id == alert_id, _claimable(stale_before))
                 .values(
                     status=SENDING,
-                    sent_at=claimed_at,
+                    claimed_at=claimed_at,
                     possible_duplicate=sa.case(
                         (alerts.c.status == SENDING, sa.true()), else_=alerts.c.possible_duplicate
                     ),
@@ -216,7 +216,7 @@ def _settle(state: StateStore, row: Row[Any], result: SendResult, max_attempts: 
     if status == SENT:
         values.update(sent_at=store.now(), slack_reply=result.reply, last_error=None)
     else:
-        values.update(sent_at=None, last_error=(result.error or "unknown error")[:MAX_ERROR])
+        values.update(claimed_at=None, last_error=(result.error or "unknown error")[:MAX_ERROR])
         if result.maybe_delivered:
             values["possible_duplicate"] = True
     if status == FAILED:
@@ -244,7 +244,7 @@ def _deliver_digest(state: StateStore, send: Sender, ids: Sequence[int], stale_a
         tally.digested = _update_claimed(state, claimed, values)
         return
     tally.stopped = f"digest not posted: {result.error}"
-    values = {"status": PENDING, "sent_at": None, "last_error": f"digest: {result.error}"[:MAX_ERROR]}
+    values = {"status": PENDING, "claimed_at": None, "last_error": f"digest: {result.error}"[:MAX_ERROR]}
     if result.maybe_delivered:
         values["possible_duplicate"] = True
     _update_claimed(state, claimed, values)

@@ -110,6 +110,7 @@ alerts = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("slack_reply", sa.Text),
     sa.Column("sent_at", UTCDateTime),
+    sa.Column("claimed_at", UTCDateTime),  # when a delivery run took it ('sending'); stale claims expire
     sa.Column("possible_duplicate", sa.Boolean, nullable=False, default=False),
     sa.UniqueConstraint("detection_id", "key", "first_seen", name="uq_alerts_detection_key_first_seen"),
 )
