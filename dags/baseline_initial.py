@@ -5,6 +5,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 from trailguard import airflow_glue as glue
+from trailguard.ops import notify_failure
 from trailguard.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -16,7 +17,7 @@ SETTINGS = Settings.from_env()
     start_date=pendulum.instance(SETTINGS.start_date),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"retries": 1, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": notify_failure},
     params={
         "lookback_days": Param(90, type="integer", minimum=1, description="days of history before T"),
         "at": Param(None, type=["null", "string"], description="T (ISO 8601); default: the run's hour"),

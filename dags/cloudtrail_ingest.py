@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 from trailguard import airflow_glue as glue
+from trailguard.ops import notify_failure
 from trailguard.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -17,7 +18,11 @@ EVENTS = Asset("trailguard_events", uri="trailguard://lake/events")
     start_date=pendulum.instance(SETTINGS.start_date),
     catchup=SETTINGS.catchup,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": notify_failure},
+    params={
+        "start": Param(None, type=["null", "string"], description="ingest this range instead (ISO 8601)"),
+        "end": Param(None, type=["null", "string"], description="end of that range (ISO 8601)"),
+    },
     tags=["trailguard", "ingest"],
     doc_md=__doc__,
 )

@@ -6,6 +6,7 @@ import pendulum
 from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from trailguard import airflow_glue as glue
+from trailguard.ops import notify_failure
 from trailguard.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -17,7 +18,7 @@ SETTINGS = Settings.from_env()
     start_date=pendulum.instance(SETTINGS.start_date),
     catchup=SETTINGS.catchup,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": notify_failure},
     tags=["trailguard", "detections"],
     doc_md=__doc__,
 )

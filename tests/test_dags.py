@@ -11,7 +11,14 @@ from airflow.sdk import CronDataIntervalTimetable
 from builders import utc
 from trailguard.lake import Lake, s3_filesystem
 
-DAG_IDS = {"cloudtrail_ingest"}
+DAG_IDS = {
+    "cloudtrail_ingest",
+    "detections",
+    "baseline_update",
+    "baseline_initial",
+    "pipeline_health",
+    "pipeline_daily_summary",
+}
 
 
 def test_no_import_errors(dagbag) -> None:
@@ -26,6 +33,7 @@ def test_every_dag_is_tagged_retried_and_documented(dagbag, dag_id: str) -> None
     assert dag.doc_md
     for task in dag.tasks:
         assert task.retries >= 1, task.task_id
+        assert task.on_failure_callback, f"{task.task_id} has no failure callback to the ops channel"
 
 
 def test_ingest_has_real_hourly_intervals(dagbag) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
-import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -281,30 +279,6 @@ def test_compose_has_no_unbraced_interpolation():
     assert not offending, f"use ${{NAME}} (or $$ for the shell) instead: {offending}"
 
 
-def compose_cli() -> list[str] | None:
-    """A Compose CLI that can validate without a daemon: v2 plugin or the v1 `docker-compose`."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
-        return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
-
-
-def test_compose_cli_accepts_the_file_with_env_example(tmp_path: Path):
-    """Only where a Compose CLI is installed: `config` interpolates and validates against the schema."""
-    cli = compose_cli()
-    if cli is None:
-        pytest.skip("no docker compose / docker-compose CLI on this machine")
-    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yaml")
-    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
-    result = subprocess.run([*cli, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    resolved = yaml.safe_load(result.stdout)
-    env = resolved["services"]["airflow-worker"]["environment"]
-    assert env["TRAILGUARD_DB"] == "postgresql+psycopg2://airflow:airflow@postgres/trailguard"
-    assert json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])["conn_type"] == "aws"
-
-
 # -- .env.example ------------------------------------------------------------------------------------
 def test_env_example_defines_every_trailguard_setting(env_example: dict[str, str]):
     names = Settings.env_names()
@@ -385,8 +359,6 @@ def test_dockerfile_installs_requirements_as_airflow_user(docker_instructions: l
 
 def test_requirements_pin_matches_the_image(docker_instructions: list[tuple[str, str]]):
     requirements = ROOT / "requirements.txt"
-    if not requirements.exists():
-        pytest.skip("requirements.txt not written yet")
     pins = re.findall(r"(?im)^apache-airflow==(\S+)\s*$", requirements.read_text())
     image = next(args for keyword, args in docker_instructions if keyword == "FROM")
     assert pins, "requirements.txt does not pin apache-airflow"

@@ -66,10 +66,15 @@ def interval(context: dict[str, Any], default_hours: int = 1) -> tuple[datetime,
 
 def ingest_interval(context: dict[str, Any]) -> dict[str, Any]:
     """The ingest task: the run's interval plus the late-delivery look-back (the ledger makes
-    the overlap free: objects already ingested are not read again)."""
+    the overlap free: objects already ingested are not read again), or the range in the
+    run's ``start``/``end`` params (a manual run from the UI or the demo)."""
     rt = runtime()
-    start, end = interval(context)
-    start -= timedelta(hours=rt.settings.late_lookback_hours)
+    params = context.get("params") or {}
+    if params.get("start") and params.get("end"):
+        start, end = _parse_at(params["start"]), _parse_at(params["end"])
+    else:
+        start, end = interval(context)
+        start -= timedelta(hours=rt.settings.late_lookback_hours)
     summary = rt.ingest(rt.settings.source, start, end)
     log.info("ingest %s .. %s from %s\n%s", start.isoformat(), end.isoformat(), rt.settings.source, summary.text())
     return {**summary.as_dict(), "start": start.isoformat(), "end": end.isoformat()}

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from trailguard.cloudtrail import SCHEMA
 
-ROW_GROUP_ROWS = 64_000
+ROW_GROUP_ROWS = 16_000  # a row group holds ~25 MB of raw JSON: memory stays bounded
 # Dictionary-encode only the columns with few distinct values; statistics where readers prune.
 DICTIONARY_COLUMNS = [
     "event_name",

@@ -52,6 +52,8 @@ objects = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("processed_at", UTCDateTime, nullable=False),
+    sa.Index("ix_objects_account_region_delivered", "account_id", "region", "delivered_at"),
+    sa.Index("ix_objects_processed_at", "processed_at"),
 )
 
 quarantine = sa.Table(
@@ -63,6 +65,7 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("excerpt", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_quarantine_created_at", "created_at"),
 )
 
 lake_partitions = sa.Table(
@@ -113,6 +116,8 @@ alerts = sa.Table(
     sa.Column("claimed_at", UTCDateTime),  # when a delivery run took it ('sending'); stale claims expire
     sa.Column("possible_duplicate", sa.Boolean, nullable=False, default=False),
     sa.UniqueConstraint("detection_id", "key", "first_seen", name="uq_alerts_detection_key_first_seen"),
+    sa.Index("ix_alerts_status", "status"),
+    sa.Index("ix_alerts_fired_at", "fired_at"),
 )
 
 health_incidents = sa.Table(
