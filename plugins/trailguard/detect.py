@@ -13,7 +13,7 @@ docs/detections.md explains each choice and where it departs from ESCU's SPL.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -23,7 +23,7 @@ import orjson
 import sqlalchemy as sa
 
 from trailguard import store as st
-from trailguard.derive import ROW_BUILDERS, Derived
+from trailguard.derive import ROW_BUILDERS
 from trailguard.geoip import GeoIP
 from trailguard.lake import Lake, partition_of, partition_of_path
 from trailguard.specs import Spec, render_message
@@ -161,9 +161,19 @@ class Engine:
         finally:
             con.close()
 
-    def _derive(self, spec: Spec, partitions: list[str], where: str, params: list[Any]) -> tuple[int, Derived]:
-        events = self._select(spec, partitions, where, params)
-        return len(events), ROW_BUILDERS[spec.rows][0](events, self.geo)
+    def _scan(self, spec: Spec, partitions: list[str], where: str, params: list[Any]) -> _Scan:
+        """Baseline rows aggregated over many partitions, a day at a time: memory holds one day's
+        selected events, never the history (a call's copies share an event hour, so no pair is split)."""
+        scan = _Scan()
+        ordered = sorted(partitions)
+        for i in range(0, len(ordered), 24):
+            events = self._select(spec, ordered[i : i + 24], where, params)
+            derived = ROW_BUILDERS[spec.rows][0](events, self.geo)
+            scan.events += len(events)
+            scan.rows += len(derived.rows)
+            scan.not_evaluated.update(derived.not_evaluated)
+            _aggregate(spec, derived.rows, scan.baseline)
+        return scan
 
     def _window_events(self, spec: Spec, start: datetime, at: datetime) -> list[dict[str, Any]]:
         """Events of [start, at) delivered by ``at``. Each hour's selection is cached while its
@@ -189,18 +199,18 @@ class Engine:
         """Rebuild the baseline from the lake: events in [snap_d(T - days), T) delivered by T."""
         at = snap_h(at)
         since = snap_d(at - timedelta(days=days or spec.lookback_days))
-        n, derived = self._derive(
+        scan = self._scan(
             spec, _hours(since, at), "event_time >= ? AND event_time < ? AND delivered_at <= ?", [since, at, at]
         )
         earliest = self._earliest_event(since, at)
         with self.state.begin() as conn:
             conn.execute(st.baselines.delete().where(st.baselines.c.detection_id == spec.id))
-            _merge(conn, spec, _aggregate(spec, derived.rows))
+            _merge(conn, spec, scan.baseline)
             aged = _age_out(conn, spec, at)
             _set_watermark(conn, watermark_name(spec), at)
             _set_watermark(conn, coverage_name(spec), max(since, earliest or at))
             total = _count(conn, spec)
-        return BaselineReport(spec, at, n, len(derived.rows), total, aged, dict(derived.not_evaluated))
+        return scan.report(spec, at, total, aged)
 
     def baseline_update(self, spec: Spec, at: datetime) -> BaselineReport:
         """Merge everything delivered since the previous update (a missed day is caught up)."""
@@ -216,18 +226,18 @@ class Engine:
         # Partitions that got events after the last update; hours from T on cannot hold events before T.
         partitions = [p for p in self.state.partitions_delivered_after(previous) if p < partition_of(at)]
         forget = snap_d(at - timedelta(days=spec.forget_days))
-        n, derived = self._derive(
+        scan = self._scan(
             spec,
             partitions,
             "delivered_at > ? AND delivered_at <= ? AND event_time >= ? AND event_time < ?",
             [previous, at, forget, at],
         )
         with self.state.begin() as conn:
-            _merge(conn, spec, _aggregate(spec, derived.rows))
+            _merge(conn, spec, scan.baseline)
             aged = _age_out(conn, spec, at)
             _set_watermark(conn, watermark_name(spec), at)
             total = _count(conn, spec)
-        return BaselineReport(spec, at, n, len(derived.rows), total, aged, dict(derived.not_evaluated))
+        return scan.report(spec, at, total, aged)
 
     # -- detection -----------------------------------------------------------------------------
     def detect(self, spec: Spec, at: datetime) -> DetectReport:
@@ -370,21 +380,29 @@ class _BaselineRow:
     attrs: dict[str, Any]
 
 
-def _aggregate(spec: Spec, rows: list[dict[str, Any]]) -> dict[str, _BaselineRow]:
-    """Per baseline key: first and last time, count, and what was known at first sight."""
-    out: dict[str, _BaselineRow] = {}
-    for row in rows:  # rows come in event_time order
+@dataclass
+class _Scan:
+    events: int = 0
+    rows: int = 0
+    not_evaluated: Counter = field(default_factory=Counter)
+    baseline: dict[str, _BaselineRow] = field(default_factory=dict)
+
+    def report(self, spec: Spec, at: datetime, total: int, aged: int) -> BaselineReport:
+        return BaselineReport(spec, at, self.events, self.rows, total, aged, dict(self.not_evaluated))
+
+
+def _aggregate(spec: Spec, rows: list[dict[str, Any]], out: dict[str, _BaselineRow]) -> None:
+    """Fold rows (in event_time order) into per-key first and last time, count, and what was
+    known at first sight."""
+    for row in rows:
         key = key_json(spec.baseline_key, row)
         seen = out.get(key)
         if seen is None:
-            attrs = {
-                f: row.get(f) for f in ("country", "country_name", "city", "region") if f in spec.key + spec.context
-            }
+            attrs = {f: row.get(f) for f in GEO_ATTRS} if "country" in spec.key else {}
             out[key] = _BaselineRow(key_json(spec.key, row), row["event_time"], row["event_time"], 1, attrs)
         else:
             seen.last_seen = max(seen.last_seen, row["event_time"])
             seen.count += 1
-    return out
 
 
 def _merge(conn: sa.Connection, spec: Spec, rows: dict[str, _BaselineRow]) -> None:
