@@ -30,6 +30,7 @@ from fake_slack import (  # ruff: ignore[unused-import] - the *_fixture names re
 )
 from trailguard import outbox, slack
 from trailguard.outbox import DeliveryReport, deliver_pending
+from trailguard.settings import Settings
 from trailguard.store import StateStore, alerts, now
 
 LAKE = "s3://trailguard-lake/prod"
@@ -84,7 +85,8 @@ def _event_ids(raw: str) -> set[str]:
 
 
 def run(state: StateStore, conn_id: str, **kwargs: Any) -> DeliveryReport:
-    send = functools.partial(slack.send, conn_id=conn_id, retries=kwargs.pop("retries", 0))
+    cfg = Settings.from_env()
+    send = functools.partial(slack.send, conn_id=conn_id, retries=kwargs.pop("retries", 0), timeout=cfg.slack_timeout)
     return deliver_pending(state, send, now(), HORIZON, LAKE, **kwargs)
 
 

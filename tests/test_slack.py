@@ -26,8 +26,15 @@ from fake_slack import (  # ruff: ignore[unused-import] - the *_fixture names re
     strings,
 )
 from trailguard import slack
+from trailguard.settings import Settings
 
 LAKE = "s3://trailguard-lake/prod"
+
+
+def send(message: slack.Message, conn_id: str, **kwargs) -> slack.SendResult:
+    """``slack.send`` with the timeout and channel from the settings, as the runtime calls it."""
+    cfg = Settings.from_env()
+    return slack.send(message, conn_id, **{"timeout": cfg.slack_timeout, "channel": cfg.slack_channel, **kwargs})
 
 
 # -- escaping ----------------------------------------------------------------------------------
@@ -160,7 +167,7 @@ def _assert_clean_body(body: dict) -> None:
 
 
 def test_webhook_delivers_blocks(fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
-    result = slack.send(slack.render_alert(alert_payload(1, hostile=True), LAKE), slack_webhook_conn)
+    result = send(slack.render_alert(alert_payload(1, hostile=True), LAKE), slack_webhook_conn)
     assert result == slack.SendResult(ok=True, reply="ok")
     [post] = fake_slack.posts()
     assert post.path == WEBHOOK_PATH and post.status == 200
@@ -170,7 +177,7 @@ def test_webhook_delivers_blocks(fake_slack: FakeSlack, slack_webhook_conn: str)
 
 
 def test_bot_token_posts_chat_post_message(fake_slack: FakeSlack, slack_bot_conn: str) -> None:
-    result = slack.send(slack.render_alert(alert_payload(2, country=True, hostile=True), LAKE), slack_bot_conn)
+    result = send(slack.render_alert(alert_payload(2, country=True, hostile=True), LAKE), slack_bot_conn)
     assert result.ok and result.error is None
     assert json.loads(result.reply) == {"channel": "C000ALERTS", "ts": "1700000000.000001"}
     [post] = fake_slack.posts()
@@ -183,11 +190,11 @@ def test_bot_token_posts_chat_post_message(fake_slack: FakeSlack, slack_bot_conn
 def test_channel_from_environment(fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
     conn = {"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": fake_slack.api_url}}
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_NOCHAN", json.dumps(conn))
-    missing = slack.send(slack.render_ops("t", []), "slack_nochan")
+    missing = send(slack.render_ops("t", []), "slack_nochan")
     assert not missing.ok and missing.retryable and "channel" in (missing.error or "")
     assert fake_slack.posts() == []
     monkeypatch.setenv("TRAILGUARD_SLACK_CHANNEL", "C0SEC")
-    assert slack.send(slack.render_ops("t", []), "slack_nochan").ok
+    assert send(slack.render_ops("t", []), "slack_nochan").ok
     assert fake_slack.posts()[0].body["channel"] == "C0SEC"
 
 
@@ -195,7 +202,7 @@ def test_channel_from_environment(fake_slack: FakeSlack, monkeypatch: pytest.Mon
 def test_rate_limit_is_honoured_then_succeeds(fake_slack: FakeSlack, conn: str, request: pytest.FixtureRequest) -> None:
     conn_id = request.getfixturevalue(conn)
     fake_slack.script(RATE_LIMITED)
-    result = slack.send(slack.render_alert(alert_payload(1), LAKE), conn_id)
+    result = send(slack.render_alert(alert_payload(1), LAKE), conn_id)
     assert result.ok
     assert [p.status for p in fake_slack.posts()] == [429, 200]
     assert fake_slack.posts()[0].raw == fake_slack.posts()[1].raw
@@ -203,13 +210,13 @@ def test_rate_limit_is_honoured_then_succeeds(fake_slack: FakeSlack, conn: str, 
 
 def test_server_error_then_success(fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
     fake_slack.script(SERVER_ERROR)
-    assert slack.send(slack.render_alert(alert_payload(1), LAKE), slack_webhook_conn).ok
+    assert send(slack.render_alert(alert_payload(1), LAKE), slack_webhook_conn).ok
     assert [p.status for p in fake_slack.posts()] == [500, 200]
 
 
 def test_persistent_server_error_is_retryable(fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
     fake_slack.default = SERVER_ERROR
-    result = slack.send(slack.render_ops("t", ["x"]), slack_webhook_conn, retries=1)
+    result = send(slack.render_ops("t", ["x"]), slack_webhook_conn, retries=1)
     assert not result.ok and result.retryable and not result.maybe_delivered
     assert len(fake_slack.posts()) == 2  # one in-process retry
 
@@ -228,7 +235,7 @@ def test_client_errors_are_not_retryable(
 ) -> None:
     conn_id = request.getfixturevalue(conn)
     fake_slack.script(("error", error))
-    result = slack.send(slack.render_ops("t", ["x"]), conn_id)
+    result = send(slack.render_ops("t", ["x"]), conn_id)
     assert not result.ok and not result.retryable and not result.maybe_delivered
     assert error in (result.error or "")
     assert len(fake_slack.posts()) == 1
@@ -240,7 +247,7 @@ def test_hang_is_maybe_delivered_and_not_retried_in_process(
 ) -> None:
     conn_id = request.getfixturevalue(conn)
     fake_slack.script(HANG)
-    result = slack.send(slack.render_ops("t", ["x"]), conn_id)
+    result = send(slack.render_ops("t", ["x"]), conn_id)
     assert not result.ok and result.retryable and result.maybe_delivered
     assert len(fake_slack.posts()) == 1
 
@@ -251,15 +258,15 @@ def test_connection_refused_is_retryable_and_not_delivered(monkeypatch: pytest.M
         port = s.getsockname()[1]  # closed again: nothing listens there
     conn = {"conn_type": "slackwebhook", "password": f"http://127.0.0.1:{port}/services/T000/B000/XXXX"}
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_DEAD", json.dumps(conn))
-    result = slack.send(slack.render_ops("t", ["x"]), "slack_dead", retries=0, timeout=1)
+    result = send(slack.render_ops("t", ["x"]), "slack_dead", retries=0, timeout=1)
     assert not result.ok and result.retryable and not result.maybe_delivered
 
 
 def test_connection_problems_are_retryable_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    missing = slack.send(slack.render_ops("t", []), "no_such_connection")
+    missing = send(slack.render_ops("t", []), "no_such_connection")
     assert not missing.ok and missing.retryable and not missing.maybe_delivered
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_HTTP", json.dumps({"conn_type": "http", "host": "example.com"}))
-    wrong = slack.send(slack.render_ops("t", []), "slack_http")
+    wrong = send(slack.render_ops("t", []), "slack_http")
     assert not wrong.ok and wrong.retryable and "conn_type" in (wrong.error or "")
 
 
@@ -268,8 +275,8 @@ def test_secrets_never_logged_or_returned(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake_slack.script(SERVER_ERROR, HANG, ("error", "invalid_payload"), SERVER_ERROR, ("error", "not_authed"))
-    results = [slack.send(slack.render_ops("t", ["x"]), slack_webhook_conn, retries=0) for _ in range(3)]
-    results += [slack.send(slack.render_ops("t", ["x"]), slack_bot_conn, retries=0) for _ in range(2)]
+    results = [send(slack.render_ops("t", ["x"]), slack_webhook_conn, retries=0) for _ in range(3)]
+    results += [send(slack.render_ops("t", ["x"]), slack_bot_conn, retries=0) for _ in range(2)]
     assert not any(r.ok for r in results)
     texts = [caplog.text, *(r.error or "" for r in results), *(r.reply for r in results)]
     for text in texts:

@@ -11,12 +11,10 @@ Airflow is imported only inside functions, so the package still imports without 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +25,6 @@ from trailguard.slack import Message
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://localhost:8080"
-DEFAULT_OPS_CONN = "slack_alerts"
 MAX_ERROR = 900
 _SAFE_BASE_URL = re.compile(r"https?://[^\s<>|`]+")
 _URL_PASSWORD = re.compile(r"(?<=://)[^/\s:@]*:[^/\s@]*@")
@@ -54,7 +51,8 @@ def notify_failure(context: Mapping[str, Any]) -> None:
     """Task ``on_failure_callback``: post the failure to the ops Slack connection; never raises."""
     try:
         message = render_failure(failed_task(context), airflow_base_url())
-        result = slack.send(message, conn_id=ops_conn_id())
+        cfg = ops_settings()
+        result = slack.sender(cfg, cfg.ops_slack_conn_id)(message)
     except Exception as err:
         log.warning("failure notice not posted: %s", describe_error(err))
         return
@@ -143,17 +141,17 @@ def airflow_base_url() -> str:
     return str(conf.get("api", "base_url", fallback=DEFAULT_BASE_URL) or DEFAULT_BASE_URL)
 
 
-def ops_conn_id() -> str:
-    """The ops connection id from the settings (environment plus the ``trailguard_settings``
-    Variable); a broken setting or Variable must not stop the failure notice, so fall back."""
+def ops_settings() -> Settings:
+    """The settings (environment plus the ``trailguard_settings`` Variable); a broken setting or
+    Variable must not stop a failure notice, so fall back to the environment, then defaults."""
     try:
-        return _settings().ops_slack_conn_id
+        return _settings()
     except Exception:
         pass
     try:
-        return Settings.from_env().ops_slack_conn_id
+        return Settings.from_env()
     except Exception:
-        return os.environ.get("TRAILGUARD_OPS_SLACK_CONN_ID") or DEFAULT_OPS_CONN
+        return Settings()
 
 
 def _settings() -> Settings:
@@ -170,7 +168,7 @@ def health_check(context: Mapping[str, Any]) -> dict[str, Any]:
 
     state = Runtime.local(cfg).state
     try:
-        report = health.run_health(state, evaluation_time(context), partial(slack.send, conn_id=cfg.ops_slack_conn_id))
+        report = health.run_health(state, evaluation_time(context), slack.sender(cfg, cfg.ops_slack_conn_id))
     finally:
         state.close()
     log.info("pipeline health: %s", report.as_dict())
@@ -188,7 +186,7 @@ def post_daily_summary(context: Mapping[str, Any]) -> dict[str, Any]:
         message = health.daily_summary(state, start, end)
     finally:
         state.close()
-    result = slack.send(message, conn_id=cfg.ops_slack_conn_id)
+    result = slack.sender(cfg, cfg.ops_slack_conn_id)(message)
     if not result.ok:
         raise RuntimeError(f"daily summary not posted: {result.error}")
     return {"day_start": start.isoformat(), "day_end": end.isoformat(), "reply": result.reply}

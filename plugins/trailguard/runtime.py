@@ -53,11 +53,9 @@ class Runtime:
 
     def deliver_alerts(self, now: datetime) -> Any:
         """Send pending alerts to the Slack connection; older than the horizon: one digest."""
-        from functools import partial
-
         from trailguard import outbox, slack
 
-        send = partial(slack.send, conn_id=self.settings.slack_conn_id)
+        send = slack.sender(self.settings, self.settings.slack_conn_id)
         horizon = timedelta(hours=self.settings.alert_horizon_hours)
         return outbox.deliver_pending(self.state, send, now, horizon, self.settings.lake)
 

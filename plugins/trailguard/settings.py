@@ -67,6 +67,8 @@ class Settings:
     slack_conn_id: str = field(default="slack_alerts", metadata={"env": "TRAILGUARD_SLACK_CONN_ID"})
     ops_slack_conn_id: str = field(default="slack_alerts", metadata={"env": "TRAILGUARD_OPS_SLACK_CONN_ID"})
     alert_horizon_hours: int = field(default=48, metadata={"env": "TRAILGUARD_ALERT_HORIZON_HOURS"})
+    slack_channel: str = field(default="", metadata={"env": "TRAILGUARD_SLACK_CHANNEL"})
+    slack_timeout: float = field(default=10.0, metadata={"env": "TRAILGUARD_SLACK_TIMEOUT"})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
@@ -91,6 +93,7 @@ class Settings:
 _CONVERTERS = {
     "tuple[str, ...]": _csv,
     "int": int,
+    "float": float,
     "bool": _bool,
     "datetime": _datetime,
     "str": str,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.error import URLError
 from urllib.parse import quote
@@ -31,6 +31,8 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
+from trailguard.settings import Settings
+
 # Slack Block Kit limits (https://api.slack.com/reference/block-kit/blocks).
 MAX_BLOCKS = 50
 MAX_HEADER = 150
@@ -41,8 +43,6 @@ MAX_CONTEXT_ELEMENTS = 10
 MAX_TEXT = 3000  # our own cap for the notification fallback text
 
 DEFAULT_TIMEOUT = 10.0
-TIMEOUT_ENV = "TRAILGUARD_SLACK_TIMEOUT"
-CHANNEL_ENV = "TRAILGUARD_SLACK_CHANNEL"
 MAX_RETRY_AFTER = 30  # seconds we are willing to sleep in-process for one 429
 
 POSSIBLE_DUPLICATE = "(possible duplicate: an earlier attempt may have been delivered)"
@@ -434,21 +434,23 @@ def retry_handlers(retries: int = 2) -> list[RetryHandler]:
     ]
 
 
-def timeout_seconds(timeout: float | None = None) -> float:
-    """The per-request timeout: the argument, else ``TRAILGUARD_SLACK_TIMEOUT``, else 10 s."""
-    if timeout is not None:
-        return timeout
-    try:
-        return float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
-    except ValueError:
-        return DEFAULT_TIMEOUT
+def sender(settings: Settings, conn_id: str) -> Callable[[Message], SendResult]:
+    """``send`` bound to a connection and the settings' timeout and default channel."""
+    return partial(send, conn_id=conn_id, timeout=settings.slack_timeout, channel=settings.slack_channel)
 
 
-def send(message: Message, conn_id: str, *, timeout: float | None = None, retries: int = 2) -> SendResult:
+def send(
+    message: Message,
+    conn_id: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    channel: str = "",
+    retries: int = 2,
+) -> SendResult:
     """Post ``message`` through the Airflow connection ``conn_id``; never raises.
 
     conn_type ``slackwebhook`` posts to the incoming webhook; ``slack`` calls chat.postMessage
-    with the bot token, to the connection's extra ``channel`` or ``TRAILGUARD_SLACK_CHANNEL``.
+    with the bot token, to the connection's extra ``channel``, else ``channel``.
     """
     secrets: list[str] = []
     try:
@@ -457,13 +459,15 @@ def send(message: Message, conn_id: str, *, timeout: float | None = None, retrie
         conn = BaseHook.get_connection(conn_id)
         secrets = [s for s in (conn.password, conn.host) if s]
         handlers = retry_handlers(retries)
-        seconds = timeout_seconds(timeout)
+        seconds = timeout
         if conn.conn_type == "slackwebhook":
             return _send_webhook(message, conn_id, seconds, handlers)
         if conn.conn_type == "slack":
-            channel = (conn.extra_dejson or {}).get("channel") or os.environ.get(CHANNEL_ENV)
+            channel = (conn.extra_dejson or {}).get("channel") or channel
             if not channel:
-                return _config_error(f"connection {conn_id!r} has no extra 'channel' and {CHANNEL_ENV} is unset")
+                return _config_error(
+                    f"connection {conn_id!r} has no extra 'channel' and TRAILGUARD_SLACK_CHANNEL is unset"
+                )
             return _send_web_api(message, conn_id, str(channel), seconds, handlers)
         return _config_error(f"connection {conn_id!r} has conn_type {conn.conn_type!r}; use slackwebhook or slack")
     except Exception as err:  # classify, never raise: the outbox must record every outcome
