@@ -20,6 +20,9 @@ test: install
 demo: install
 	$(BIN)/trailguard demo
 
+airflow: install
+	VENV=$(VENV) scripts/airflow-standalone.sh
+
 bench: install
 	$(BIN)/python bench/run.py
 

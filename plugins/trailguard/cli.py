@@ -97,6 +97,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return _notify(runtime) if args.notify else 0
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from trailguard.demo import run
+
+    return run(args.dir, args.days)
+
+
 def _notify(runtime) -> int:
     report = runtime.deliver_alerts(utcnow())
     log.info("slack: %s", report)
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_iso, required=True)
     p.add_argument("--baseline-days", type=int, help="first build baselines at --start over this many days")
     p.add_argument("--notify", action="store_true", help="deliver the alerts to Slack (default: print only)")
+
+    p = sub.add_parser("demo", help="the whole pipeline on generated CloudTrail, locally (no cloud account)")
+    p.add_argument("--days", type=int, default=14, help="days of CloudTrail to generate (default 14, minimum 9)")
+    p.add_argument("--dir", default="var/demo", help="where the trail, lake, state and logs go (default var/demo)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
