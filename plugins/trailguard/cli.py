@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from trailguard.errors import TrailguardError
 from trailguard.settings import Settings, _datetime
 
 log = logging.getLogger("trailguard")
@@ -109,8 +110,8 @@ def _notify(runtime) -> int:
     return 0
 
 
-class UsageError(Exception):
-    pass
+class UsageError(TrailguardError):
+    """The command line does not make sense."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,13 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines say nothing an operator needs
-    from trailguard.detect import BaselineMissing
-    from trailguard.sources import SourceError
-
     try:
         settings = Settings.from_env()
         return args.func(args, settings)
-    except (SourceError, UsageError, ValueError, KeyError, BaselineMissing) as exc:
+    except (TrailguardError, ValueError, KeyError) as exc:
         print(f"trailguard: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,15 @@
 """CloudTrail log objects -> typed rows (Arrow) plus quarantine records.
 
-Pure functions of bytes: no I/O here, so a worker process can run them and tests can feed
-them anything an attacker or a broken delivery could produce.
+Pure functions of bytes: no I/O here, so a worker thread can run them and tests can feed them
+anything an attacker or a broken delivery could produce.
+
+Two ways through an object, with the same result:
+- the fast path, for objects whose every record has the shape CloudTrail writes: Arrow's JSON
+  reader decodes the fields trailguard keeps straight into columns (C++, without the GIL), and
+  the ``raw`` column is built from the records' original bytes in one copy;
+- the careful path, record by record, for an object with anything unusual in it (a record
+  that is not an object, no eventID, an odd eventTime, an object where a string belongs, an
+  Insights event): each record is checked on its own, kept or quarantined with its reason.
 """
 
 from __future__ import annotations
@@ -9,16 +17,21 @@ from __future__ import annotations
 import gzip
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
 
 EXCERPT_CHARS = 300
+MAX_TEXT_BYTES = 2**31 - 1  # one Arrow string array (int32 offsets) holds an object's records
 
 RESOURCE_TYPE = pa.struct([("arn", pa.string()), ("account_id", pa.string()), ("type", pa.string())])
 TS = pa.timestamp("ms", tz="UTC")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # The lake's row schema; docs/schema.md describes each column.
 SCHEMA = pa.schema(
@@ -58,77 +71,39 @@ SCHEMA = pa.schema(
 )
 COLUMNS = SCHEMA.names
 
-
-class _Issuer(msgspec.Struct):
-    arn: str | None = None
-    userName: str | None = None
-
-
-class _Session(msgspec.Struct):
-    sessionIssuer: _Issuer | None = None
-
-
-class _Identity(msgspec.Struct):
-    type: str | None = None
-    arn: str | None = None
-    userName: str | None = None
-    accountId: str | None = None
-    principalId: str | None = None
-    accessKeyId: str | None = None
-    invokedBy: str | None = None
-    sessionContext: _Session | None = None
-
-
-class _Request(msgspec.Struct):
-    roleArn: str | None = None
-    roleSessionName: str | None = None
-
-
-class _AssumedRoleUser(msgspec.Struct):
-    arn: str | None = None
-
-
-class _Response(msgspec.Struct):
-    assumedRoleUser: _AssumedRoleUser | None = None
-
-
-class _Resource(msgspec.Struct):
-    ARN: str | None = None
-    accountId: str | None = None
-    type: str | None = None
-
-
-class _Record(msgspec.Struct):
-    """The fields trailguard reads, strictly typed: a record that does not fit (an attacker's
-    object where a string belongs) takes the slower, forgiving path instead."""
-
-    eventID: str | None = None
-    eventTime: str | None = None
-    eventName: str | None = None
-    eventSource: str | None = None
-    awsRegion: str | None = None
-    recipientAccountId: str | None = None
-    eventVersion: str | None = None
-    eventType: str | None = None
-    eventCategory: str | None = None
-    managementEvent: bool | None = None
-    readOnly: bool | None = None
-    userIdentity: _Identity | None = None
-    sourceIPAddress: str | None = None
-    userAgent: str | None = None
-    errorCode: str | None = None
-    sharedEventID: str | None = None
-    requestParameters: _Request | None = None
-    responseElements: _Response | None = None
-    resources: list[_Resource] | None = None
-
-
-class _Envelope(msgspec.Struct):
-    Records: list[msgspec.Raw]
-
-
-_ENVELOPE = msgspec.json.Decoder(_Envelope)
-_RECORD = msgspec.json.Decoder(_Record)
+# Column -> where it is in a record. Both paths read this table, so they cannot drift apart.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "event_id": ("eventID",),
+    "event_time": ("eventTime",),
+    "event_name": ("eventName",),
+    "event_source": ("eventSource",),
+    "aws_region": ("awsRegion",),
+    "recipient_account_id": ("recipientAccountId",),
+    "event_version": ("eventVersion",),
+    "event_type": ("eventType",),
+    "event_category": ("eventCategory",),
+    "management_event": ("managementEvent",),
+    "read_only": ("readOnly",),
+    "user_type": ("userIdentity", "type"),
+    "user_arn": ("userIdentity", "arn"),
+    "user_name": ("userIdentity", "userName"),
+    "user_account_id": ("userIdentity", "accountId"),
+    "principal_id": ("userIdentity", "principalId"),
+    "access_key_id": ("userIdentity", "accessKeyId"),
+    "invoked_by": ("userIdentity", "invokedBy"),
+    "session_issuer_arn": ("userIdentity", "sessionContext", "sessionIssuer", "arn"),
+    "session_issuer_user_name": ("userIdentity", "sessionContext", "sessionIssuer", "userName"),
+    "source_ip": ("sourceIPAddress",),
+    "user_agent": ("userAgent",),
+    "error_code": ("errorCode",),
+    "shared_event_id": ("sharedEventID",),
+    "request_role_arn": ("requestParameters", "roleArn"),
+    "role_session_name": ("requestParameters", "roleSessionName"),
+    "assumed_role_arn": ("responseElements", "assumedRoleUser", "arn"),
+    "resources": ("resources",),
+}
+RESOURCE_FIELDS = {"arn": "ARN", "account_id": "accountId", "type": "type"}
+BOOL_COLUMNS = {"management_event", "read_only"}
 
 
 class BadObject(Exception):
@@ -149,21 +124,31 @@ class Parsed:
     records: int
 
 
+class _Envelope(msgspec.Struct):
+    Records: list[msgspec.Raw]
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
 def decompress(data: bytes) -> bytes:
     if not data:
         raise BadObject("empty object (0 bytes)")
     try:
-        return gzip.decompress(data)
+        text = gzip.decompress(data)
     except gzip.BadGzipFile as exc:
         raise BadObject(f"not gzip data ({exc})") from None
     except EOFError:
         raise BadObject("truncated gzip: the stream ends before its end marker") from None
     except zlib.error as exc:
         raise BadObject(f"corrupt gzip: {exc}") from None
+    if len(text) > MAX_TEXT_BYTES:
+        raise BadObject(f"object too large: {len(text):,} bytes of JSON (at most {MAX_TEXT_BYTES:,})")
+    return text
 
 
 def split_records(text: bytes) -> list[msgspec.Raw]:
-    """The ``Records`` array, each record still as its original JSON text."""
+    """The ``Records`` array, each record still as its original JSON bytes (views into ``text``)."""
     try:
         return _ENVELOPE.decode(text).Records
     except msgspec.ValidationError:
@@ -178,86 +163,168 @@ def parse_object(data: bytes, source_key: str, delivered_at: datetime, fallback_
     ``fallback_account`` (the account in the object's key) fills recipientAccountId, which
     eventVersion 1.0x records lack: that is the account whose trail delivered them.
     """
-    raws = split_records(decompress(data))
-    fast: list[_Record] = []
-    fast_ms: list[int] = []
-    fast_raw: list[str] = []
-    slow: dict[str, list] = {name: [] for name in COLUMNS}
+    text = decompress(data)
+    raws = split_records(text)
+    columns = _fast_columns(text, raws, fallback_account)
+    rejected: list[Rejected] = []
+    if columns is None:
+        columns, rejected = _careful_columns(raws, fallback_account)
+    n = len(columns["event_id"])
+    columns["source_key"] = pa.array([source_key] * n, pa.string())
+    columns["delivered_at"] = pa.array([_ms(delivered_at)] * n, pa.int64()).cast(TS)
+    batch = pa.RecordBatch.from_arrays([columns[name] for name in COLUMNS], schema=SCHEMA)
+    return Parsed(rows=batch, rejected=rejected, records=len(raws))
+
+
+# -- the fast path ---------------------------------------------------------------------------------
+def _json_type(path: tuple[str, ...], leaf: pa.DataType) -> tuple[str, pa.DataType]:
+    return (path[0], leaf) if len(path) == 1 else (path[0], pa.struct([_json_type(path[1:], leaf)]))
+
+
+def _record_type() -> pa.StructType:
+    """The JSON shape the fast path accepts, merged from FIELDS: anything else in a record is ignored."""
+    tree: dict = {}
+    for column, path in FIELDS.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = SCHEMA.field(column).type if column in BOOL_COLUMNS else pa.string()
+    tree["resources"] = pa.list_(pa.struct([(key, pa.string()) for key in RESOURCE_FIELDS.values()]))
+
+    def build(node: dict) -> pa.StructType:
+        return pa.struct([(k, build(v) if isinstance(v, dict) else v) for k, v in node.items()])
+
+    return build(tree)
+
+
+_JSON_SCHEMA = pa.schema([("Records", pa.list_(_record_type()))])
+_JSON_PARSE = pj.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore", newlines_in_values=True)
+
+
+def _fast_columns(text: bytes, raws: list[msgspec.Raw], fallback_account: str) -> dict[str, pa.Array] | None:
+    """Columns for an object of well-formed records, or None: then the careful path decides.
+
+    Arrow's reader refuses any value of another JSON type than the schema's (an object where a
+    string belongs, a string "false" for a boolean), so what it accepts the careful path would
+    read the same way; the checks below catch what it accepts but the careful path would not.
+    """
+    try:
+        table = pj.read_json(
+            pa.BufferReader(text),
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(text) + 1),
+            parse_options=_JSON_PARSE,
+        )
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != 1:
+        return None
+    records = table.column("Records").chunk(0).flatten()
+    if len(records) != len(raws) or records.null_count:
+        return None  # a null in Records: not an object
+    fields = _flatten(records)
+    event_id, event_time, category = fields["eventID"], fields["eventTime"], fields["eventCategory"]
+    if event_id.null_count or event_time.null_count or pc.any(pc.equal(event_id, "")).as_py():
+        return None  # a record without eventID or eventTime
+    if pc.any(pc.equal(category, "Insight")).as_py():
+        return None
+    try:
+        event_time = pc.cast(event_time, TS)
+    except pa.ArrowInvalid:
+        return None
+    raw = _raw_column(raws)
+    if raw is None:
+        return None
+    columns = {name: _dig(fields, path) for name, path in FIELDS.items()}
+    columns["event_time"] = event_time
+    columns["recipient_account_id"] = _fill_empty(columns["recipient_account_id"], fallback_account)
+    columns["resources"] = _resources_column(columns["resources"])
+    columns["raw"] = raw
+    return columns
+
+
+def _flatten(array: pa.StructArray) -> dict[str, pa.Array]:
+    """A struct's children with the struct's own nulls applied."""
+    return {array.type.field(i).name: child for i, child in enumerate(array.flatten())}
+
+
+def _dig(fields: dict[str, pa.Array], path: tuple[str, ...]) -> pa.Array:
+    value = fields[path[0]]
+    for key in path[1:]:
+        value = _flatten(value)[key]
+    return value
+
+
+def _fill_empty(values: pa.Array, fallback: str) -> pa.Array:
+    missing = pc.fill_null(pc.equal(values, ""), True)
+    return pc.if_else(missing, pa.scalar(fallback or None, pa.string()), values)
+
+
+def _resources_column(values: pa.ListArray) -> pa.ListArray:
+    """``resources[]`` renamed to the lake's field names (ARN -> arn, accountId -> account_id)."""
+    items = _flatten(values.values)
+    renamed = pa.StructArray.from_arrays(
+        [items[key] for key in RESOURCE_FIELDS.values()],
+        fields=list(RESOURCE_TYPE),
+        mask=values.values.is_null(),
+    )
+    return pa.ListArray.from_arrays(values.offsets, renamed, type=pa.list_(RESOURCE_TYPE), mask=values.is_null())
+
+
+def _raw_column(raws: list[msgspec.Raw]) -> pa.StringArray | None:
+    """Each record's original bytes as one string column: one join, no per-record decode.
+    None when the bytes are not valid UTF-8 (the careful path then replaces what is not)."""
+    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
+    offsets = np.zeros(len(raws) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    column = pa.StringArray.from_buffers(len(raws), pa.py_buffer(offsets), pa.py_buffer(b"".join(raws)))
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
+    return column
+
+
+# -- the careful path ------------------------------------------------------------------------------
+def _careful_columns(raws: list[msgspec.Raw], fallback_account: str) -> tuple[dict[str, pa.Array], list[Rejected]]:
+    values: dict[str, list] = {name: [] for name in FIELDS}
+    values["raw"] = []
     rejected: list[Rejected] = []
     for index, raw in enumerate(raws):
         raw_bytes = bytes(raw)
         text = raw_bytes.decode("utf-8", errors="replace")
-        try:
-            record = _RECORD.decode(raw_bytes)
-        except msgspec.ValidationError:
-            record = None
-        event_ms = _event_ms(record.eventTime) if record is not None else None
-        if record is not None and event_ms is not None and record.eventID and record.eventCategory != "Insight":
-            fast.append(record)
-            fast_ms.append(event_ms)
-            fast_raw.append(text)
-            continue
-        loose = orjson.loads(raw_bytes)  # unusual shapes: checked and read field by field
-        reason = _problem(loose)
-        if reason is None:
-            event_ms = _event_ms(loose["eventTime"])
-            if event_ms is None:
-                reason = f"malformed eventTime: {_text(loose['eventTime'])[:64]!r}"
+        record = orjson.loads(raw_bytes)
+        reason = _problem(record)
+        event_ms = None if reason else _event_ms(record["eventTime"])
+        if reason is None and event_ms is None:
+            reason = f"malformed eventTime: {_text(record['eventTime'])[:64]!r}"
         if reason is not None:
             rejected.append(Rejected(index, reason, text[:EXCERPT_CHARS]))
             continue
-        _append(slow, loose, event_ms, fallback_account, text)
-    cols = _columns(fast, fast_ms, fast_raw, fallback_account)
-    if slow["event_id"]:
-        cols = {name: cols[name] + slow[name] for name in cols}
-    n = len(cols["event_id"])
-    cols["source_key"] = [source_key] * n
-    cols["delivered_at"] = [int(delivered_at.timestamp() * 1000)] * n
-    batch = pa.RecordBatch.from_pydict(cols, schema=SCHEMA)
-    return Parsed(rows=batch, rejected=rejected, records=len(raws))
+        for name, path in FIELDS.items():
+            values[name].append(_lookup(record, path))
+        values["event_id"][-1] = record["eventID"]
+        values["event_time"][-1] = event_ms
+        values["recipient_account_id"][-1] = values["recipient_account_id"][-1] or fallback_account or None
+        values["resources"][-1] = _resources(record.get("resources"))
+        values["management_event"][-1] = _flag(record.get("managementEvent"))
+        values["read_only"][-1] = _flag(record.get("readOnly"))
+        values["raw"].append(text)
+    columns = {}
+    for name, column in values.items():
+        kind = pa.int64() if name == "event_time" else SCHEMA.field(name).type
+        columns[name] = pa.array(column, kind)
+    columns["event_time"] = columns["event_time"].cast(TS)
+    return columns, rejected
 
 
-def _columns(recs: list[_Record], event_ms: list[int], raw: list[str], fallback_account: str) -> dict[str, list]:
-    """Column lists from typed records, one comprehension per column (the hot loop of ingest)."""
-    ids = [r.userIdentity or _NO_IDENTITY for r in recs]
-    issuers = [(u.sessionContext or _NO_SESSION).sessionIssuer or _NO_ISSUER for u in ids]
-    reqs = [r.requestParameters or _NO_REQUEST for r in recs]
-    return {
-        "event_id": [r.eventID for r in recs],
-        "event_time": event_ms,
-        "event_name": [r.eventName for r in recs],
-        "event_source": [r.eventSource for r in recs],
-        "aws_region": [r.awsRegion for r in recs],
-        "recipient_account_id": [r.recipientAccountId or fallback_account for r in recs],
-        "event_version": [r.eventVersion for r in recs],
-        "event_type": [r.eventType for r in recs],
-        "event_category": [r.eventCategory for r in recs],
-        "management_event": [r.managementEvent for r in recs],
-        "read_only": [r.readOnly for r in recs],
-        "user_type": [u.type for u in ids],
-        "user_arn": [u.arn for u in ids],
-        "user_name": [u.userName for u in ids],
-        "user_account_id": [u.accountId for u in ids],
-        "principal_id": [u.principalId for u in ids],
-        "access_key_id": [u.accessKeyId for u in ids],
-        "invoked_by": [u.invokedBy for u in ids],
-        "session_issuer_arn": [i.arn for i in issuers],
-        "session_issuer_user_name": [i.userName for i in issuers],
-        "source_ip": [r.sourceIPAddress for r in recs],
-        "user_agent": [r.userAgent for r in recs],
-        "error_code": [r.errorCode for r in recs],
-        "shared_event_id": [r.sharedEventID for r in recs],
-        "request_role_arn": [q.roleArn for q in reqs],
-        "role_session_name": [q.roleSessionName for q in reqs],
-        "assumed_role_arn": [((r.responseElements or _NO_RESPONSE).assumedRoleUser or _NO_ASSUMED).arn for r in recs],
-        "resources": [
-            None
-            if r.resources is None
-            else [{"arn": x.ARN, "account_id": x.accountId, "type": x.type} for x in r.resources]
-            for r in recs
-        ],
-        "raw": raw,
-    }
+def _lookup(record: dict, path: tuple[str, ...]) -> str | None:
+    """The value at ``path`` as text, None when any step is missing or not an object."""
+    value: object = record
+    for key in path:
+        if value.__class__ is not dict:
+            return None
+        value = value.get(key)  # type: ignore[union-attr]
+    return _text(value)
 
 
 def _problem(record: object) -> str | None:
@@ -280,9 +347,12 @@ def _event_ms(value: object) -> int | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp() * 1000)
+    return _ms(parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc))
+
+
+def _ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, in integers (a float product would round .123 to .122)."""
+    return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def _text(value: object) -> str | None:
@@ -300,56 +370,11 @@ def _flag(value: object) -> bool | None:
     return None
 
 
-def _obj(value: object) -> dict:
-    return value if value.__class__ is dict else {}
-
-
 def _resources(value: object) -> list[dict] | None:
     if value.__class__ is not list:
         return None
     return [
-        {"arn": _text(r.get("ARN")), "account_id": _text(r.get("accountId")), "type": _text(r.get("type"))}
-        for r in value
-        if r.__class__ is dict
+        {name: _text(item.get(key)) for name, key in RESOURCE_FIELDS.items()}
+        for item in value  # type: ignore[union-attr]
+        if item.__class__ is dict
     ]
-
-
-_NO_IDENTITY, _NO_SESSION, _NO_ISSUER = _Identity(), _Session(), _Issuer()
-_NO_REQUEST, _NO_RESPONSE, _NO_ASSUMED = _Request(), _Response(), _AssumedRoleUser()
-
-
-def _append(cols: dict[str, list], r: dict, event_ms: int, fallback_account: str, raw: str) -> None:
-    ui = _obj(r.get("userIdentity"))
-    issuer = _obj(_obj(ui.get("sessionContext")).get("sessionIssuer"))
-    req = _obj(r.get("requestParameters"))
-    resp = _obj(r.get("responseElements"))
-    t = _text
-    cols["event_id"].append(r["eventID"])
-    cols["event_time"].append(event_ms)
-    cols["event_name"].append(t(r.get("eventName")))
-    cols["event_source"].append(t(r.get("eventSource")))
-    cols["aws_region"].append(t(r.get("awsRegion")))
-    cols["recipient_account_id"].append(t(r.get("recipientAccountId")) or fallback_account)
-    cols["event_version"].append(t(r.get("eventVersion")))
-    cols["event_type"].append(t(r.get("eventType")))
-    cols["event_category"].append(t(r.get("eventCategory")))
-    cols["management_event"].append(_flag(r.get("managementEvent")))
-    cols["read_only"].append(_flag(r.get("readOnly")))
-    cols["user_type"].append(t(ui.get("type")))
-    cols["user_arn"].append(t(ui.get("arn")))
-    cols["user_name"].append(t(ui.get("userName")))
-    cols["user_account_id"].append(t(ui.get("accountId")))
-    cols["principal_id"].append(t(ui.get("principalId")))
-    cols["access_key_id"].append(t(ui.get("accessKeyId")))
-    cols["invoked_by"].append(t(ui.get("invokedBy")))
-    cols["session_issuer_arn"].append(t(issuer.get("arn")))
-    cols["session_issuer_user_name"].append(t(issuer.get("userName")))
-    cols["source_ip"].append(t(r.get("sourceIPAddress")))
-    cols["user_agent"].append(t(r.get("userAgent")))
-    cols["error_code"].append(t(r.get("errorCode")))
-    cols["shared_event_id"].append(t(r.get("sharedEventID")))
-    cols["request_role_arn"].append(t(req.get("roleArn")))
-    cols["role_session_name"].append(t(req.get("roleSessionName")))
-    cols["assumed_role_arn"].append(t(_obj(resp.get("assumedRoleUser")).get("arn")))
-    cols["resources"].append(_resources(r.get("resources")))
-    cols["raw"].append(raw)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from trailguard import store as st
 from trailguard.derive import ROW_BUILDERS
+from trailguard.errors import TrailguardError
 from trailguard.geoip import GeoIP
 from trailguard.lake import Lake, partition_of, partition_of_path
 from trailguard.specs import Spec, render_message
@@ -36,7 +37,7 @@ HOUR_CACHE_SIZE = 96  # two detections x 48 hours
 GEO_ATTRS = ("country", "country_name", "city", "region")
 
 
-class BaselineMissing(RuntimeError):
+class BaselineMissing(TrailguardError):
     """The detection cannot say what is new: there is no baseline, or it is too old."""
 
 

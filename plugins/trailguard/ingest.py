@@ -8,11 +8,10 @@ only means the hour is processed again, which replaces rather than doubles.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import groupby
@@ -134,7 +133,6 @@ def _ingest_hour(
 ) -> int:
     """Write one delivery hour's objects to the lake and the ledger; returns how many objects."""
     writers: dict[str, FileWriter] = {}
-    seen: set[str] = set()
     outcomes: list[st.ObjectOutcome] = []
     rejected: dict[str, list[Rejected]] = {}
     refs: list[ObjectRef] = []
@@ -151,9 +149,7 @@ def _ingest_hour(
             summary.quarantined_records += len(result.rejected)
             if result.rejected:
                 rejected[ref.uri] = result.rejected
-            rows = _drop_seen(result.rows, seen)
-            summary.duplicates += result.rows.num_rows - rows.num_rows
-            for partition, part_rows in _split_by_hour(rows):
+            for partition, part_rows in _split_by_hour(result.rows):
                 if partition not in writers:
                     writers[partition] = FileWriter(lake)
                 writers[partition].write(part_rows)
@@ -225,17 +221,6 @@ def _parse_job(data: bytes, uri: str, delivered_at: datetime, account: str) -> P
         return str(exc)
 
 
-def _drop_seen(rows: pa.RecordBatch, seen: set[str]) -> pa.RecordBatch:
-    """Rows whose eventID this hour has not produced yet (trails that deliver the same event twice)."""
-    ids = rows.column("event_id").to_pylist()
-    mask = []
-    for event_id in ids:
-        fresh = event_id not in seen
-        mask.append(fresh)
-        seen.add(event_id)
-    return rows if all(mask) else rows.filter(pa.array(mask))
-
-
 def _split_by_hour(rows: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:
     if rows.num_rows == 0:
         return
@@ -280,8 +265,6 @@ class _InlineExecutor(Executor):
 
 
 def _parser_pool(workers: int) -> Executor:
-    if workers <= 1:
-        return _InlineExecutor()
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["trailguard.cloudtrail"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    """Threads, not processes: gunzip, Arrow's JSON reader and Parquet all release the GIL, and
+    threads share the parsed columns with the writer instead of pickling them across."""
+    return _InlineExecutor() if workers <= 1 else ThreadPoolExecutor(workers, thread_name_prefix="parse")

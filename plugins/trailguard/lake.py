@@ -16,15 +16,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trailguard.cloudtrail import SCHEMA
+
+if TYPE_CHECKING:  # readers only: ingest never loads DuckDB or pyarrow.dataset (and the pandas it brings)
+    import duckdb
+    import pyarrow.dataset as ds
 
 ROW_GROUP_ROWS = 16_000  # a row group holds ~25 MB of raw JSON: memory stays bounded
 # Dictionary-encode only the columns with few distinct values; statistics where readers prune.
@@ -43,8 +47,7 @@ DICTIONARY_COLUMNS = [
     "source_key",
 ]
 STATISTICS_COLUMNS = ["event_id", "event_time", "event_name", "recipient_account_id", "delivered_at"]
-KEY_COLUMNS = ["event_id", "delivered_at", "source_key"]
-PARTITIONING = ds.partitioning(pa.schema([("event_date", pa.string()), ("event_hour", pa.int32())]), flavor="hive")
+PARTITION_SCHEMA = pa.schema([("event_date", pa.string()), ("event_hour", pa.int32())])
 
 
 def partition_of(hour: datetime) -> str:
@@ -128,9 +131,6 @@ class Lake:
         self.fs.delete_file(path)
 
     # -- reading ---------------------------------------------------------------------------------
-    def read_columns(self, path: str, columns: list[str]) -> pa.Table:
-        return pq.read_table(path, columns=columns, filesystem=self.fs)
-
     def dataset(self, partitions: Iterable[str] | None = None) -> ds.Dataset | None:
         """The events as an Arrow dataset (DuckDB scans it with projection and filter pushdown).
 
@@ -139,12 +139,14 @@ class Lake:
         paths = [info.path for info in self.file_infos(partitions)]
         if not paths:
             return None
+        import pyarrow.dataset as ds
+
         return ds.dataset(
             sorted(paths),
             schema=SCHEMA,
             format="parquet",
             filesystem=self.fs,
-            partitioning=PARTITIONING,
+            partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
             partition_base_dir=self.events,
         )
 
@@ -152,11 +154,13 @@ class Lake:
         """A DuckDB cursor with the events (all, or those partitions) as the view ``events``.
         Cursors share one in-memory database: opening a database costs more than most queries."""
         if self._duckdb is None:
+            import duckdb
+
             self._duckdb = duckdb.connect()
         con = self._duckdb.cursor()
         dataset = self.dataset(partitions)
         if dataset is None:
-            dataset = pa.schema([*SCHEMA, *PARTITIONING.schema]).empty_table()
+            dataset = pa.schema([*SCHEMA, *PARTITION_SCHEMA]).empty_table()
         con.register("events", dataset)
         return con
 
@@ -231,97 +235,103 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
     Call under the partition's lock. Every copy of an eventID in the partition competes and the
     earliest delivery (delivered_at, then object key) wins, whatever order runs happen in. Rows
     in the existing file for this hour that came from ``replaced_keys`` (objects processed again)
-    are replaced by the new rows.
+    are replaced by the new rows. Column arithmetic throughout, and in the common case (no id
+    seen twice) only ``event_id`` and ``delivered_at`` are read.
     """
-    files = lake.files(partition)
     own_path = lake.file_path(partition, tag)
-    if not files:  # the common case: a new partition; the writer already dropped repeats
-        rows = pq.ParquetFile(scratch).metadata.num_rows
-        max_delivered = pc.max(pq.read_table(scratch, columns=["delivered_at"]).column(0)).as_py()
-        lake.publish(scratch, own_path)
-        return FileStats(rows=rows, new_events=rows, duplicates=0, max_delivered_at=max_delivered)
-    tables = {"new": pq.read_table(scratch, columns=KEY_COLUMNS)}
-    paths = {"new": scratch}
-    for other_tag, path in files.items():
-        tables[other_tag] = lake.read_columns(path, KEY_COLUMNS)
-        paths[other_tag] = path
-    before = set()
-    for name, table in tables.items():
-        if name != "new":
-            before.update(table.column("event_id").to_pylist())
+    new = _Keys("new", pafs.LocalFileSystem(), scratch)
+    old = [_Keys(other, lake.fs, path) for other, path in sorted(lake.files(partition).items())]
+    sources = [new, *old]
+    for source in old:
+        if source.name == tag and replaced_keys:  # rows of objects processed again give way
+            source.keep = pc.invert(pc.is_in(source.source_keys(), pa.array(sorted(replaced_keys)))).to_numpy(
+                zero_copy_only=False
+            )
+    old_ids = _concat([s.live("event_id") for s in old])
+    before = _concat([s.keys["event_id"].combine_chunks() for s in old])
 
-    frames = []
-    for name, table in tables.items():
-        frame = table.append_column("file", pa.array([name] * table.num_rows, pa.string()))
-        frame = frame.append_column("idx", pa.array(range(table.num_rows), pa.int64()))
-        if name == tag and replaced_keys:
-            frame = frame.filter(pc.invert(pc.is_in(frame["source_key"], pa.array(sorted(replaced_keys)))))
-        frames.append(frame)
-    keep = _winners(pa.concat_tables(frames), tables)
+    clash = len(old_ids) > 0 and pc.any(pc.is_in(new.keys["event_id"], value_set=old_ids)).as_py()
+    if clash or len(pc.unique(new.keys["event_id"])) != new.rows:
+        _choose_winners(sources)
+    new_events = int(new.keep.sum()) - int(pc.sum(pc.is_in(new.live("event_id"), value_set=before)).as_py() or 0)
 
-    new_ids = tables["new"].column("event_id").to_pylist()
-    new_events = sum(1 for i in keep["new"] if new_ids[i] not in before)
-
-    # Files of other delivery hours that lost rows to this one (out-of-order runs) are rewritten.
-    for name, table in tables.items():
-        if name in {"new", tag} or len(keep[name]) == table.num_rows:
-            continue
-        _rewrite(lake, [(lake.fs, paths[name], keep[name])], paths[name])
-
-    own_sources = [(pafs.LocalFileSystem(), scratch, keep["new"])]
-    if tag in tables:
-        own_sources.append((lake.fs, paths[tag], keep[tag]))
-    own_rows = sum(len(k) for _, _, k in own_sources)
-    if own_rows == 0:
-        if tag in files:
+    for source in old:  # files of other delivery hours that lost rows to this one (out-of-order runs)
+        if source.name != tag and not source.keep.all():
+            _rewrite(lake, [source], source.path)
+    own = [new, *(s for s in old if s.name == tag)]
+    if not any(s.keep.any() for s in own):
+        if len(own) > 1:
             lake.delete(own_path)
-    elif tag not in tables and len(keep["new"]) == tables["new"].num_rows:
+    elif len(own) == 1 and new.keep.all():
         lake.publish(scratch, own_path)  # the common case: a new hour, nothing to drop
     else:
-        _rewrite(lake, own_sources, own_path)
+        _rewrite(lake, own, own_path)
     Path(scratch).unlink(missing_ok=True)
 
-    total = own_rows + sum(len(keep[n]) for n in tables if n not in {"new", tag})
-    delivered = [pc.max(t.column("delivered_at")).as_py() for n, t in tables.items() if n == "new" or len(keep[n]) > 0]
-    delivered = [d for d in delivered if d is not None]
+    delivered = [pc.max(s.live("delivered_at")).as_py() for s in sources if s.keep.any()]
     return FileStats(
-        rows=total,
+        rows=sum(int(s.keep.sum()) for s in sources),
         new_events=new_events,
-        duplicates=tables["new"].num_rows - new_events,
+        duplicates=new.rows - new_events,
         max_delivered_at=max(delivered) if delivered else None,
     )
 
 
-def _winners(candidates: pa.Table, tables: dict[str, pa.Table]) -> dict[str, set[int]]:
-    """file -> row indexes that survive: per eventID the earliest (delivered_at, source_key)."""
+class _Keys:
+    """One file taking part in a merge: its key columns and which of its rows stay."""
+
+    def __init__(self, name: str, fs: pafs.FileSystem, path: str) -> None:
+        self.name, self.fs, self.path = name, fs, path
+        self.keys = pq.read_table(path, columns=["event_id", "delivered_at"], filesystem=fs)
+        self.rows = self.keys.num_rows
+        self.keep = np.ones(self.rows, dtype=bool)
+
+    def live(self, column: str) -> pa.Array:
+        return pc.filter(self.keys[column], pa.array(self.keep)).combine_chunks()
+
+    def source_keys(self) -> pa.Array:
+        """Read only when needed: the object of every row (few distinct values, so a dictionary)."""
+        table = pq.read_table(self.path, columns=["source_key"], filesystem=self.fs, read_dictionary=["source_key"])
+        return table["source_key"].combine_chunks().dictionary_decode()
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+
+def _choose_winners(sources: list[_Keys]) -> None:
+    """Per eventID, keep only its earliest copy (delivered_at, then source_key) over all live rows."""
+    frames = []
+    for number, source in enumerate(sources):
+        frame = source.keys.append_column("source_key", source.source_keys())
+        frame = frame.append_column("file", pa.array(np.full(source.rows, number, dtype=np.int32)))
+        frame = frame.append_column("idx", pa.array(np.arange(source.rows, dtype=np.int64)))
+        frames.append(frame.filter(pa.array(source.keep)))
+    candidates = pa.concat_tables(frames).combine_chunks()
     order = pc.sort_indices(
-        candidates,
-        sort_keys=[(c, "ascending") for c in ("event_id", "delivered_at", "source_key", "file", "idx")],
+        candidates, sort_keys=[(c, "ascending") for c in ("event_id", "delivered_at", "source_key", "file", "idx")]
     )
     ranked = candidates.take(order)
-    ids = ranked.column("event_id")
-    first = (
-        pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()])
-        if len(ids)
-        else pa.array([], pa.bool_())
-    )
-    survivors = ranked.filter(first)
-    keep: dict[str, set[int]] = {name: set() for name in tables}
-    for name, idx in zip(survivors.column("file").to_pylist(), survivors.column("idx").to_pylist(), strict=True):
-        keep[name].add(idx)
-    return keep
+    ids = ranked["event_id"].combine_chunks()
+    first = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
+    files = ranked["file"].to_numpy()
+    rows = ranked["idx"].to_numpy()
+    for number, source in enumerate(sources):
+        source.keep = np.zeros(source.rows, dtype=bool)
+        source.keep[rows[first & (files == number)]] = True
 
 
-def _rewrite(lake: Lake, sources: list[tuple[pafs.FileSystem, str, set[int]]], dest: str) -> None:
+def _rewrite(lake: Lake, sources: list[_Keys], dest: str) -> None:
     """Write the kept rows of each source file to ``dest``, streaming row groups."""
     writer = FileWriter(lake)
     try:
-        for fs, path, kept in sources:
+        for source in sources:
             offset = 0
-            for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=ROW_GROUP_ROWS):
-                mask = [offset + i in kept for i in range(batch.num_rows)]
+            for batch in pq.ParquetFile(source.path, filesystem=source.fs).iter_batches(batch_size=ROW_GROUP_ROWS):
+                writer.write(batch.filter(pa.array(source.keep[offset : offset + batch.num_rows])))
                 offset += batch.num_rows
-                writer.write(batch.filter(pa.array(mask)))
         scratch = writer.close()
     except BaseException:
         writer.discard()

@@ -6,16 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trailguard.detect import Engine
-from trailguard.geoip import GeoIP
 from trailguard.ingest import Progress, Summary, ingest
 from trailguard.lake import Lake
 from trailguard.settings import Settings
 from trailguard.sources import SourceError, open_store
-from trailguard.specs import Spec, load_specs
 from trailguard.store import StateStore
+
+if TYPE_CHECKING:  # the detection side (DuckDB, GeoIP, YAML) loads when first used, not for an ingest
+    from trailguard.detect import Engine
+    from trailguard.specs import Spec
 
 
 def _boto3_s3() -> Any:
@@ -45,10 +46,15 @@ class Runtime:
 
     @cached_property
     def specs(self) -> list[Spec]:
+        from trailguard.specs import load_specs
+
         return load_specs(self.settings.detections_dir)
 
     @cached_property
     def engine(self) -> Engine:
+        from trailguard.detect import Engine
+        from trailguard.geoip import GeoIP
+
         return Engine(self.lake, self.state, GeoIP(self.settings.geoip_db, self.settings.geoip_asn_db))
 
     def deliver_alerts(self, now: datetime) -> Any:

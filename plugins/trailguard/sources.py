@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from trailguard.errors import TrailguardError
+
 LOG_NAME = re.compile(
     r"^(?P<account>[^_/]+)_CloudTrail_(?P<region>[^_/]+)_(?P<ts>\d{8}T\d{4}Z)_[A-Za-z0-9]+\.json\.gz$"
 )
@@ -27,7 +29,7 @@ ORG_ID = re.compile(r"^o-[a-z0-9]{10,32}$")
 MAX_PREFIX_DEPTH = 4
 
 
-class SourceError(Exception):
+class SourceError(TrailguardError):
     """The source cannot be used at all (no such bucket, access denied, not a CloudTrail layout)."""
 
 
