@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 from builders import gz, record, utc
+from trailguard import cloudtrail
 from trailguard.cloudtrail import COLUMNS, BadObject, parse_object
 
 DELIVERED = utc(2026, 11, 20, 13, 10)
@@ -126,3 +128,57 @@ def test_a_one_megabyte_record_is_ingested_whole() -> None:
     row = parse(gz([big])).rows.to_pylist()[0]
     assert len(row["raw"]) > 1_048_576
     assert json.loads(row["raw"])["requestParameters"]["policyDocument"] == "x" * 1_048_576
+
+
+# -- the fast path and the careful path agree ---------------------------------------------------
+def _both_paths(data: bytes):
+    text = cloudtrail.decompress(data)
+    raws = cloudtrail.split_records(text)
+    return cloudtrail._fast_columns(text, raws, "111122223333"), cloudtrail._careful_columns(raws, "111122223333")
+
+
+def test_real_cloudtrail_takes_the_fast_path_and_reads_as_the_careful_path_does(shared_cloudtrail: Path) -> None:
+    files = sorted(shared_cloudtrail.rglob("*.json.gz"))
+    assert len(files) > 5_000
+    for path in files:
+        fast, (careful, rejected) = _both_paths(path.read_bytes())
+        assert fast is not None, f"{path} left the fast path"
+        assert not rejected
+        for name, column in careful.items():
+            assert fast[name].equals(column), f"{path}: column {name} differs"
+
+
+@pytest.mark.parametrize(
+    ("odd", "fast"),
+    [
+        ({"readOnly": "false"}, False),
+        ({"eventVersion": 1.08}, False),
+        ({"userAgent": {"nested": ["<!channel>"]}}, False),
+        ({"userIdentity": "not-an-object"}, False),
+        ({"requestParameters": [1, 2]}, False),
+        ({"resources": [{"ARN": 5}, "x"]}, False),
+        ({"eventTime": "2026-11-20T13:05:00"}, False),  # no zone: the careful path reads it as UTC
+        ({"eventTime": "2026-11-20"}, False),
+        ({"eventTime": "2026-11-20T13:05:07.123456Z"}, False),
+        ({"eventTime": "2026-11-20T13:05:00+01:00"}, True),
+        ({"recipientAccountId": ""}, True),
+        ({"sourceIPAddress": "caf\u00e9 \u0000 \u202e"}, True),
+        ({"resources": [{"ARN": "arn:aws:s3:::b", "type": "AWS::S3::Bucket"}]}, True),
+    ],
+)
+def test_a_record_the_fast_path_declines_or_reads_the_same(odd: dict, fast: bool) -> None:
+    """Whatever shape a record has, the fast path either steps aside or gives the careful result."""
+    columns, (careful, rejected) = _both_paths(gz([record(), record(**odd)]))
+    assert not rejected
+    assert len(careful["event_id"]) == 2
+    assert (columns is not None) is fast
+    for name, column in (columns or {}).items():
+        assert column.equals(careful[name]), name
+
+
+def test_invalid_utf8_is_replaced_not_lost() -> None:
+    good = json.dumps({"Records": [record(eventID="a")]}).encode()
+    bad = good.replace(b'"userAgent": "aws-cli/2.15.0"', b'"userAgent": "aws-cli/\xff"')
+    row = parse(gzip.compress(bad)).rows.to_pylist()[0]
+    assert row["event_id"] == "a"
+    assert "\ufffd" in row["raw"]

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 from builders import gz, log_key, record, utc, write_log
-from trailguard.sources import Listed, LocalStore, ObjectVanished, SourceError, classify, list_objects, open_store
+from trailguard.sources import (
+    AccessDenied,
+    Listed,
+    LocalStore,
+    ObjectVanished,
+    SourceError,
+    classify,
+    list_objects,
+    open_store,
+)
 
 
 def _touch(root: Path, key: str, data: bytes = b"x") -> None:
@@ -70,6 +79,41 @@ def test_layouts_prefixes_organisations_and_filters(tmp_path: Path) -> None:
     assert [r.key for r in only_eu.logs] == [org_key]
     only_acct = list_objects(store, accounts=("111122223333",))
     assert {r.account_id for r in only_acct.logs} == {"111122223333"}
+
+
+class PolicyStore(LocalStore):
+    """A folder that answers like a bucket under the least-privilege policy: only the root and the
+    prefixes in ``allowed`` (and beneath them) may be listed."""
+
+    def __init__(self, root: Path, allowed: tuple[str, ...]) -> None:
+        super().__init__(root)
+        self.allowed = allowed
+        self.listed: list[str] = []
+
+    def children(self, prefix: str):
+        if prefix and not prefix.startswith(self.allowed):
+            raise AccessDenied(f"access denied listing {prefix}")
+        self.listed.append(prefix)
+        return super().children(prefix)
+
+
+def test_discovery_lists_only_what_a_least_privilege_policy_allows(tmp_path: Path) -> None:
+    at = utc(2026, 11, 20, 13, 5)
+    _touch(tmp_path, log_key("111122223333", "us-east-1", at))
+    _touch(tmp_path, "elb-logs/AWSLogs/111122223333/elasticloadbalancing/x.log.gz")  # not CloudTrail's
+    store = PolicyStore(tmp_path, ("AWSLogs/",))
+    assert [r.account_id for r in list_objects(store).logs] == ["111122223333"]
+    assert not any(p.startswith("elb-logs") for p in store.listed)
+
+
+def test_discovery_passes_over_folders_it_may_not_list(tmp_path: Path) -> None:
+    at = utc(2026, 11, 20, 13, 5)
+    _touch(tmp_path, "trails/" + log_key("111122223333", "us-east-1", at))
+    _touch(tmp_path, "private/secret.txt")
+    store = PolicyStore(tmp_path, ("trails/",))
+    assert [r.account_id for r in list_objects(store).logs] == ["111122223333"]
+    with pytest.raises(SourceError, match=r"not a CloudTrail layout.*listing was denied for private/"):
+        list_objects(PolicyStore(tmp_path, ("nothing/",)))
 
 
 def test_errors_say_what_is_wrong(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def outcome(uri: str, status: str = DONE, etag: str = "e1") -> ObjectOutcome:
 
 
 def test_migrates_to_head_and_reopening_is_a_no_op(state: StateStore) -> None:
-    assert migrate.current(state.engine) == migrate.head()
+    assert migrate.current(state.engine) == migrate.head() == migrate.newest_revision()
     tables = set(sa.inspect(state.engine).get_table_names())
     assert {"objects", "quarantine", "lake_partitions", "baselines", "alerts", "watermarks"} <= tables
     StateStore(state.url).close()

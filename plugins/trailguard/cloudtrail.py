@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -26,8 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+Text = pa.Buffer | bytes  # an object's JSON: from Arrow's inflate, or Python's gzip when that declined
+
 EXCERPT_CHARS = 300
 MAX_TEXT_BYTES = 2**31 - 1  # one Arrow string array (int32 offsets) holds an object's records
+GZIP_MAGIC = b"\x1f\x8b"
 
 RESOURCE_TYPE = pa.struct([("arn", pa.string()), ("account_id", pa.string()), ("type", pa.string())])
 TS = pa.timestamp("ms", tz="UTC")
@@ -131,9 +135,19 @@ class _Envelope(msgspec.Struct):
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 
 
-def decompress(data: bytes) -> bytes:
+def decompress(data: bytes) -> Text:
+    """The JSON text of a gzip object.
+
+    Arrow inflates it into one buffer of the size the gzip trailer states, taken from Arrow's
+    memory pool: no growing copies, no pages left behind. What it cannot do in one go (several
+    gzip members, zero padding, damage) goes through Python's gzip, whose errors say what is wrong.
+    """
     if not data:
         raise BadObject("empty object (0 bytes)")
+    stated = int.from_bytes(data[-4:], "little") if data[:2] == GZIP_MAGIC and len(data) > 18 else 0
+    if 0 < stated <= MAX_TEXT_BYTES:
+        with suppress(OSError, pa.ArrowException):
+            return pa.decompress(data, decompressed_size=stated, codec="gzip", asbytes=False)
     try:
         text = gzip.decompress(data)
     except gzip.BadGzipFile as exc:
@@ -147,7 +161,7 @@ def decompress(data: bytes) -> bytes:
     return text
 
 
-def split_records(text: bytes) -> list[msgspec.Raw]:
+def split_records(text: Text) -> list[msgspec.Raw]:
     """The ``Records`` array, each record still as its original JSON bytes (views into ``text``)."""
     try:
         return _ENVELOPE.decode(text).Records
@@ -201,7 +215,7 @@ _JSON_SCHEMA = pa.schema([("Records", pa.list_(_record_type()))])
 _JSON_PARSE = pj.ParseOptions(explicit_schema=_JSON_SCHEMA, unexpected_field_behavior="ignore", newlines_in_values=True)
 
 
-def _fast_columns(text: bytes, raws: list[msgspec.Raw], fallback_account: str) -> dict[str, pa.Array] | None:
+def _fast_columns(text: Text, raws: list[msgspec.Raw], fallback_account: str) -> dict[str, pa.Array] | None:
     """Columns for an object of well-formed records, or None: then the careful path decides.
 
     Arrow's reader refuses any value of another JSON type than the schema's (an object where a
@@ -231,7 +245,7 @@ def _fast_columns(text: bytes, raws: list[msgspec.Raw], fallback_account: str) -
         event_time = pc.cast(event_time, TS)
     except pa.ArrowInvalid:
         return None
-    raw = _raw_column(raws)
+    raw = _raw_column(text, raws)
     if raw is None:
         return None
     columns = {name: _dig(fields, path) for name, path in FIELDS.items()}
@@ -270,18 +284,47 @@ def _resources_column(values: pa.ListArray) -> pa.ListArray:
     return pa.ListArray.from_arrays(values.offsets, renamed, type=pa.list_(RESOURCE_TYPE), mask=values.is_null())
 
 
-def _raw_column(raws: list[msgspec.Raw]) -> pa.StringArray | None:
-    """Each record's original bytes as one string column: one join, no per-record decode.
+def _raw_column(text: Text, raws: list[msgspec.Raw]) -> pa.StringArray | None:
+    """Each record's original bytes as one string column, copied by Arrow in one pass.
     None when the bytes are not valid UTF-8 (the careful path then replaces what is not)."""
     lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
-    offsets = np.zeros(len(raws) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    column = pa.StringArray.from_buffers(len(raws), pa.py_buffer(offsets), pa.py_buffer(b"".join(raws)))
+    spans = _spans_in_place(text, raws, lengths)
+    if spans is None:  # not CloudTrail's compact layout: gather the records first
+        offsets = np.zeros(len(raws) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        column = pa.Array.from_buffers(
+            pa.binary(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raws))]
+        )
+    else:
+        column = pc.binary_slice(spans, 0, -1)
     try:
-        column.validate(full=True)
+        return column.cast(pa.string())  # checks the UTF-8
     except pa.ArrowInvalid:
         return None
-    return column
+
+
+def _spans_in_place(text: Text, raws: list[msgspec.Raw], lengths: np.ndarray) -> pa.BinaryArray | None:
+    """The records where they lie in ``text``, each with the one byte that follows it.
+
+    CloudTrail writes ``{"Records":[{…},{…},…,{…}]}`` without spaces, so from the first record's
+    position and the lengths every record's place follows; the bytes around each are checked,
+    so any other layout (pretty-printed, spaces) is recognised and declined.
+    """
+    if not raws:
+        return None
+    whole = np.frombuffer(text, dtype=np.uint8)
+    starts = np.empty(len(raws), dtype=np.int64)
+    starts[0] = np.frombuffer(raws[0], dtype=np.uint8).ctypes.data - whole.ctypes.data
+    np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    starts[1:] += starts[0]
+    ends = starts + lengths
+    if ends[-1] >= len(whole):
+        return None
+    framed = (whole[starts] == ord("{")).all() and (whole[ends - 1] == ord("}")).all()
+    if not (framed and (whole[ends[:-1]] == ord(",")).all() and whole[ends[-1]] == ord("]")):
+        return None
+    offsets = np.append(starts, ends[-1] + 1).astype(np.int32)
+    return pa.Array.from_buffers(pa.binary(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(text)])
 
 
 # -- the careful path ------------------------------------------------------------------------------
@@ -290,9 +333,8 @@ def _careful_columns(raws: list[msgspec.Raw], fallback_account: str) -> tuple[di
     values["raw"] = []
     rejected: list[Rejected] = []
     for index, raw in enumerate(raws):
-        raw_bytes = bytes(raw)
-        text = raw_bytes.decode("utf-8", errors="replace")
-        record = orjson.loads(raw_bytes)
+        text = bytes(raw).decode("utf-8", errors="replace")  # bytes that are not UTF-8 become U+FFFD
+        record = orjson.loads(text)
         reason = _problem(record)
         event_ms = None if reason else _event_ms(record["eventTime"])
         if reason is None and event_ms is None:

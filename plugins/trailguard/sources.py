@@ -33,6 +33,10 @@ class SourceError(TrailguardError):
     """The source cannot be used at all (no such bucket, access denied, not a CloudTrail layout)."""
 
 
+class AccessDenied(SourceError):
+    """Listing a prefix was refused (the IAM policy does not cover it)."""
+
+
 class ObjectVanished(Exception):
     """An object that was listed is gone by the time it is read."""
 
@@ -165,7 +169,7 @@ class S3Store:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"AccessDenied", "403", "AllAccessDisabled"}:
-                raise SourceError(
+                raise AccessDenied(
                     f"access denied listing s3://{self.bucket}/{prefix} (the role needs s3:ListBucket on it)"
                 ) from None
             raise SourceError(f"cannot list s3://{self.bucket}/{prefix}: {code or exc}") from None
@@ -254,32 +258,47 @@ def classify(store: Store, listed: Listed) -> ObjectRef:
 
 def _account_prefixes(store: Store) -> list[str]:
     """``.../AWSLogs/<account>/`` folders, looking through custom trail prefixes and organisation ids."""
-    roots: list[str] = []
-    frontier = [""]
-    for _ in range(MAX_PREFIX_DEPTH):
-        next_frontier = []
-        for prefix in frontier:
-            if _last(prefix) == "AWSLogs":
-                roots.append(prefix)
-                continue
-            dirs, _files = store.children(prefix)
-            next_frontier += dirs
-        frontier = next_frontier
-        if not frontier:
-            break
-    roots += [p for p in frontier if _last(p) == "AWSLogs"]
-    if not roots:
-        raise SourceError(
-            f"not a CloudTrail layout: no AWSLogs/ folder within {MAX_PREFIX_DEPTH} levels of {store.uri}"
-        )
+    roots = _awslogs_folders(store)
     accounts = []
-    for root in sorted(set(roots)):
+    for root in roots:
         for child in store.children(root)[0]:
             if ORG_ID.match(_last(child)):
                 accounts += store.children(child)[0]
             else:
                 accounts.append(child)
     return accounts
+
+
+def _awslogs_folders(store: Store) -> list[str]:
+    """Every ``AWSLogs/`` folder within MAX_PREFIX_DEPTH levels of the source.
+
+    Beside an ``AWSLogs/`` folder nothing else is opened (other logs in the bucket are none of
+    trailguard's business, and a least-privilege policy forbids listing them). Elsewhere, a folder
+    the policy does not let us list is passed over; it only matters if no trail is found at all.
+    """
+    roots: list[str] = []
+    denied: list[str] = []
+    frontier = [""]
+    for _ in range(MAX_PREFIX_DEPTH):
+        next_frontier = []
+        for prefix in frontier:
+            try:
+                dirs = store.children(prefix)[0]
+            except AccessDenied:
+                if not prefix:
+                    raise
+                denied.append(prefix)
+                continue
+            trails = [d for d in dirs if _last(d) == "AWSLogs"]
+            roots += trails
+            next_frontier += [] if trails else dirs
+        frontier = next_frontier
+    if not roots:
+        refused = f"; listing was denied for {', '.join(denied)}" if denied else ""
+        raise SourceError(
+            f"not a CloudTrail layout: no AWSLogs/ folder within {MAX_PREFIX_DEPTH} levels of {store.uri}{refused}"
+        )
+    return sorted(roots)
 
 
 def _service_region_prefixes(store: Store, account_prefix: str) -> list[str]:
