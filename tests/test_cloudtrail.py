@@ -134,7 +134,9 @@ def test_a_one_megabyte_record_is_ingested_whole() -> None:
 def _both_paths(data: bytes):
     text = cloudtrail.decompress(data)
     raws = cloudtrail.split_records(text)
-    return cloudtrail._fast_columns(text, raws, "111122223333"), cloudtrail._careful_columns(raws, "111122223333")
+    opened = cloudtrail._Opened(cloudtrail.LogObject(data, "k", DELIVERED, "111122223333"), text, raws)
+    fast = cloudtrail._fast_columns([opened], [len(raws)])
+    return fast, cloudtrail._careful_columns(raws, "111122223333")
 
 
 def test_real_cloudtrail_takes_the_fast_path_and_reads_as_the_careful_path_does(shared_cloudtrail: Path) -> None:
@@ -182,3 +184,27 @@ def test_invalid_utf8_is_replaced_not_lost() -> None:
     row = parse(gzip.compress(bad)).rows.to_pylist()[0]
     assert row["event_id"] == "a"
     assert "\ufffd" in row["raw"]
+
+
+def test_objects_parsed_together_read_as_each_alone(shared_cloudtrail: Path) -> None:
+    files = sorted((shared_cloudtrail / "grycap_cloudtrail-tracker").rglob("*.json.gz"))[:300]
+    objects = [cloudtrail.LogObject(p.read_bytes(), str(p), DELIVERED, "974349055189") for p in files]
+    together = cloudtrail.parse_objects(objects)
+    for obj, parsed in zip(objects, together, strict=True):
+        alone = parse_object(obj.data, obj.source_key, obj.delivered_at, obj.account)
+        assert parsed.records == alone.records
+        assert parsed.rows.equals(alone.rows), obj.source_key
+
+
+def test_one_odd_object_does_not_change_how_its_neighbours_are_read() -> None:
+    good, odd = [record(), record()], [record(), record(readOnly="yes"), "not an object"]
+    data = [gz(good), gz(odd), b"\x1f\x8bnot really", gz(good)]
+    objects = [cloudtrail.LogObject(d, f"k{i}", DELIVERED, "111122223333") for i, d in enumerate(data)]
+    results = cloudtrail.parse_objects(objects)
+    assert isinstance(results[2], BadObject)
+    for i in (0, 1, 3):
+        alone = parse(data[i])
+        assert results[i].rows.drop_columns(["source_key"]).equals(alone.rows.drop_columns(["source_key"]))
+        assert results[i].rows.column("source_key").to_pylist() == [f"k{i}"] * alone.rows.num_rows
+    assert [r.reason for r in results[1].rejected] == ["record is not a JSON object"]
+    assert results[1].rows.column("read_only").to_pylist() == [True, None]

@@ -22,13 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trailguard import store as st
-from trailguard.cloudtrail import BadObject, Parsed, Rejected, parse_object
+from trailguard.cloudtrail import BadObject, LogObject, Parsed, Rejected, parse_objects
 from trailguard.lake import FileWriter, Lake, commit_file, delivery_tag, partition_of
 from trailguard.sources import Listing, ObjectRef, ObjectVanished, Store, list_objects
 
 HOUR_MS = 3_600_000
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024  # compressed; about ten times that once inflated and parsed
+BATCH_BYTES = 256 * 1024  # compressed bytes per parse job: larger objects are parsed on their own
+BATCH_OBJECTS = 256
 
 
 @dataclass
@@ -184,12 +186,18 @@ def _fetch_and_parse(
     threads: int,
     workers: int,
 ) -> Iterator[tuple[ObjectRef, Parsed | str]]:
-    """(ref, Parsed or the reason it is unusable), in ``refs`` order, with bounded concurrency."""
+    """(ref, Parsed or the reason it is unusable), in ``refs`` order, with bounded concurrency.
+
+    Fetched objects are parsed in batches of about BATCH_BYTES, so that a hundred small objects
+    cost one parse job; a job is handed out as soon as a parser would otherwise sit idle.
+    """
     fetches: deque[tuple[ObjectRef, Future]] = deque()
-    parses: deque[tuple[ObjectRef, Future | str]] = deque()
+    parses: deque[tuple[list[ObjectRef], Future | list[str]]] = deque()
+    batch: list[tuple[ObjectRef, bytes]] = []
     pending = iter(refs)
-    fetch_window, parse_window = 2 * max(1, threads), 8 * max(1, workers)
+    fetch_window, parse_window = 2 * max(1, threads), 2 * max(1, workers)
     in_flight = 0  # compressed bytes fetched but not yet handed back: bounds memory
+    batch_bytes = 0
 
     def refill() -> None:
         nonlocal in_flight
@@ -200,29 +208,38 @@ def _fetch_and_parse(
             fetches.append((ref, fetchers.submit(source.read, ref.key)))
             in_flight += ref.size
 
+    def hand_out() -> None:
+        nonlocal batch_bytes
+        if batch:
+            objects = [LogObject(data, ref.uri, ref.delivered_at, ref.account_id) for ref, data in batch]
+            parses.append(([ref for ref, _ in batch], parsers.submit(_parse_batch, objects)))
+            batch.clear()
+            batch_bytes = 0
+
     refill()
-    while fetches or parses:
+    while fetches or parses or batch:
         while fetches and len(parses) < parse_window:
             ref, future = fetches.popleft()
             try:
-                data = future.result()
+                batch.append((ref, future.result()))
+                batch_bytes += ref.size
             except ObjectVanished as exc:
-                parses.append((ref, f"vanished: {exc}"))
-            else:
-                parses.append((ref, parsers.submit(_parse_job, data, ref.uri, ref.delivered_at, ref.account_id)))
+                hand_out()  # results stay in refs order
+                parses.append(([ref], [f"vanished: {exc}"]))
+            if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_OBJECTS:
+                hand_out()
             refill()
-        ref, job = parses.popleft()
-        result = job if isinstance(job, str) else job.result()
-        in_flight -= ref.size
+        if not fetches or not parses:
+            hand_out()
+        done, job = parses.popleft()
+        for ref, result in zip(done, job if isinstance(job, list) else job.result(), strict=True):
+            in_flight -= ref.size
+            yield ref, result
         refill()
-        yield ref, result
 
 
-def _parse_job(data: bytes, uri: str, delivered_at: datetime, account: str) -> Parsed | str:
-    try:
-        return parse_object(data, uri, delivered_at, account)
-    except BadObject as exc:
-        return str(exc)
+def _parse_batch(objects: list[LogObject]) -> list[Parsed | str]:
+    return [str(result) if isinstance(result, BadObject) else result for result in parse_objects(objects)]
 
 
 def _split_by_hour(rows: pa.RecordBatch) -> Iterator[tuple[str, pa.RecordBatch]]:

@@ -247,13 +247,12 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
             source.keep = pc.invert(pc.is_in(source.source_keys(), pa.array(sorted(replaced_keys)))).to_numpy(
                 zero_copy_only=False
             )
-    old_ids = _concat([s.live("event_id") for s in old])
-    before = _concat([s.keys["event_id"].combine_chunks() for s in old])
-
-    clash = len(old_ids) > 0 and pc.any(pc.is_in(new.keys["event_id"], value_set=old_ids)).as_py()
-    if clash or len(pc.unique(new.keys["event_id"])) != new.rows:
+    set_aside = _concat([s.gone("event_id") for s in old])  # copies of reprocessed objects, if any
+    if _repeats(_concat([s.live("event_id") for s in sources])):
         _choose_winners(sources)
-    new_events = int(new.keep.sum()) - int(pc.sum(pc.is_in(new.live("event_id"), value_set=before)).as_py() or 0)
+        set_aside = _concat([s.keys["event_id"].combine_chunks() for s in old])
+    known = pc.sum(pc.is_in(new.live("event_id"), value_set=set_aside)).as_py() if len(set_aside) else 0
+    new_events = int(new.keep.sum()) - int(known or 0)
 
     for source in old:  # files of other delivery hours that lost rows to this one (out-of-order runs)
         if source.name != tag and not source.keep.all():
@@ -289,6 +288,9 @@ class _Keys:
     def live(self, column: str) -> pa.Array:
         return pc.filter(self.keys[column], pa.array(self.keep)).combine_chunks()
 
+    def gone(self, column: str) -> pa.Array:
+        return pc.filter(self.keys[column], pa.array(~self.keep)).combine_chunks()
+
     def source_keys(self) -> pa.Array:
         """Read only when needed: the object of every row (few distinct values, so a dictionary)."""
         table = pq.read_table(self.path, columns=["source_key"], filesystem=self.fs, read_dictionary=["source_key"])
@@ -297,6 +299,14 @@ class _Keys:
 
 def _concat(arrays: list[pa.Array]) -> pa.Array:
     return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+
+def _repeats(ids: pa.Array) -> bool:
+    """Does any id occur twice? By sorting: a hash set of a busy partition's ids takes twice the memory."""
+    if len(ids) < 2:
+        return False
+    ordered = ids.take(pc.sort_indices(ids))
+    return pc.any(pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py()
 
 
 def _choose_winners(sources: list[_Keys]) -> None:
