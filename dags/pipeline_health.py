@@ -1,9 +1,9 @@
 """Hourly at :15: is the pipeline itself healthy?
 
-CloudTrail delivery gaps per account/region, ingest lag, quarantine growth and stale baselines
-become incidents (`trailguard.health`); each one posts to the ops Slack connection
-(`TRAILGUARD_OPS_SLACK_CONN_ID`) once when it starts and once when it clears. Evaluated at the
-run's data interval end.
+CloudTrail delivery gaps per account/region, ingest lag, quarantine growth, stale baselines,
+alerts Slack rejected and alerts waiting too long to post become incidents (`trailguard.health`);
+each one posts to the ops Slack connection (`TRAILGUARD_OPS_SLACK_CONN_ID`) once when it starts
+and once when it clears. Evaluated at the run's data interval end. See docs/alerts.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from trailguard.settings import Settings
 SETTINGS = Settings.from_env()
 DEFAULT_ARGS = {"retries": 1, "retry_delay": pendulum.duration(minutes=2), "on_failure_callback": ops.notify_failure}
 SUMMARY_DOC = """Daily at 00:30 UTC: the previous UTC day in numbers (events and objects ingested, records
-quarantined, alerts per detection, health incidents still open), posted to the ops Slack connection."""
+quarantined, alerts per detection, alerts waiting or failed, health incidents still open), posted once
+to the ops Slack connection."""
 
 
 @dag(

@@ -8,7 +8,12 @@ script queue shared by both endpoints, then from ``default`` (``OK`` unless set,
 - ``RATE_LIMITED``: 429 with ``Retry-After: 1``
 - ``SERVER_ERROR``: 500
 - ``HANG``: no answer for ``hang_seconds`` (longer than the client timeout), then 200
-- ``("error", code)``: a 4xx (webhook) or 200 ``{"ok": false, "error": code}`` (Web API)
+- ``("error", code)``: the webhook's 4xx for that code (404 ``no_service``, 403 ``invalid_token``,
+  410 ``channel_is_archived``, else 400) or 200 ``{"ok": false, "error": code}`` (Web API)
+- ``("http", "502")``: that status with a short body, on either endpoint
+
+``reject`` (a string): any request whose body contains it is answered
+``("error", "invalid_blocks")`` instead, whatever the script says (a message Slack refuses).
 
 Test modules import the fixtures (registered as ``fake_slack``, ``slack_webhook_conn`` and
 ``slack_bot_conn``; the Python names end in ``_fixture`` so test parameters do not shadow them)::
@@ -64,6 +69,7 @@ class FakeSlack:
         self.hang_seconds = hang_seconds
         self.delay = delay  # seconds before every answer (lets concurrent clients interleave)
         self.default: Answer = OK
+        self.reject: str | None = None
         self.requests: list[Recorded] = []
         self._script: deque[Answer] = deque()
         self._lock = threading.Lock()
@@ -109,8 +115,10 @@ class FakeSlack:
         self._thread.join(timeout=5)
 
     # -- serving -------------------------------------------------------------------------
-    def _next(self) -> Answer:
+    def _next(self, raw: str) -> Answer:
         with self._lock:
+            if self.reject is not None and self.reject in raw:
+                return ("error", "invalid_blocks")
             return self._script.popleft() if self._script else self.default
 
     def _record(self, path: str, headers: dict[str, str], raw: str, status: int) -> None:
@@ -123,11 +131,13 @@ class FakeSlack:
 
     def _answer(self, path: str, answer: Answer) -> tuple[int, dict[str, str], bytes]:
         api = path.startswith("/api/")
+        if isinstance(answer, tuple) and answer[0] == "http":
+            return int(answer[1]), {}, b"bad gateway"
         if isinstance(answer, tuple):
             code = answer[1]
             if api:
                 return 200, {}, json.dumps({"ok": False, "error": code}).encode()
-            return (404 if code == "no_service" else 400), {}, code.encode()
+            return _WEBHOOK_STATUS.get(code, 400), {}, code.encode()
         if answer == RATE_LIMITED:
             body = json.dumps({"ok": False, "error": "ratelimited"}) if api else "rate_limited"
             return 429, {"Retry-After": "1"}, body.encode()
@@ -149,7 +159,7 @@ class FakeSlack:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode("utf-8", "replace")
                 headers = {k: v for k, v in self.headers.items()}
-                answer = fake._next()
+                answer = fake._next(raw)
                 if answer == HANG:
                     fake._record(self.path, headers, raw, 0)
                     fake._release.wait(fake.hang_seconds)
@@ -173,6 +183,9 @@ class FakeSlack:
                 pass
 
         return Handler
+
+
+_WEBHOOK_STATUS = {"no_service": 404, "channel_not_found": 404, "invalid_token": 403, "channel_is_archived": 410}
 
 
 def _content_type(path: str) -> str:
@@ -252,7 +265,8 @@ def alert_payload(n: int = 0, *, country: bool = False, hostile: bool = False, r
         "user_agent": HOSTILE_USER_AGENT if hostile else "aws-cli/2.15.0",
     }
     user = row["user"]
-    if country:
+    if country:  # what derive.provisioning_rows gives: no accounts pair, no role
+        row.update(requesting_account_id=None, requested_account_id=None, role_arn=None, role_session_name=None)
         return {
             "detection": "Cloud Provisioning Activity From Previously Unseen Country",
             "detection_id": "94994255-3acf-4213-9b3f-0494df03bb31",

@@ -23,7 +23,7 @@ from fake_slack import (  # ruff: ignore[unused-import] - the *_fixture names re
     slack_webhook_conn_fixture,
     strings,
 )
-from trailguard import health, ops, slack
+from trailguard import health, ops, outbox, slack
 from trailguard.health import (
     BASELINE_AGE,
     CLOSE,
@@ -172,6 +172,16 @@ def test_baseline_age() -> None:
     assert finding.key == (BASELINE_AGE, "country") and "37 h before" in finding.details
 
 
+def test_alert_delivery() -> None:
+    assert health.alert_delivery(0, 0, None, NOW) == []
+    [failed] = health.alert_delivery(2, 0, None, NOW)
+    assert failed.key == (health.FAILED_ALERTS, health.ALERTS_SUBJECT) and "2 alert(s) marked failed" in failed.details
+    assert health.alert_delivery(0, 5, NOW - timedelta(hours=2, minutes=59), NOW) == []
+    [waiting] = health.alert_delivery(0, 5, NOW - timedelta(hours=3), NOW)
+    assert waiting.kind == health.ALERT_BACKLOG and "5 alert(s) pending" in waiting.details
+    assert "3 h before" in waiting.details
+
+
 def test_thresholds_are_parameters() -> None:
     pairs = {B: Activity(NOW - timedelta(minutes=40), NOW - timedelta(minutes=45))}
     assert health.delivery_gaps(pairs, NOW, Thresholds(gap=timedelta(minutes=30)))
@@ -217,6 +227,31 @@ def test_reconcile_opens_keeps_and_closes() -> None:
     assert to_keep == [Incident(1, DELIVERY_GAP, "a/r", earlier, NOW, "new", open_notified=True)]
     assert to_close == [Incident(2, INGEST_LAG, "ingest", earlier, earlier, "lag", closed_at=NOW, open_notified=True)]
     assert health.reconcile([], [], NOW) == ([], [], [])
+
+
+def test_quarantine_growth_clears_only_after_quiet_checks() -> None:
+    seen = NOW - timedelta(hours=2)
+    burst = Incident(1, QUARANTINE_GROWTH, "records", seen, seen, "101 records", open_notified=True)
+    assert health.reconcile([burst], [], NOW) == ([], [burst], [])  # quiet for 2 h: still open, unchanged
+    _, _, [closed] = health.reconcile([burst], [], NOW + timedelta(hours=1))
+    assert closed.closed_at == NOW + timedelta(hours=1)
+    lag = Incident(2, INGEST_LAG, "ingest", seen, seen, "lag", open_notified=True)
+    assert len(health.reconcile([lag], [], NOW)[2]) == 1  # other kinds clear at once
+
+
+def test_a_quarantine_burst_every_other_hour_stays_one_incident(state: StateStore) -> None:
+    send = Sender()
+    for hour in range(8):
+        at = NOW + timedelta(hours=hour)
+        if hour % 2 == 0 and hour < 6:
+            quarantine_rows(state, at - timedelta(minutes=10), 101)
+        health.run_health(state, at, send)
+    assert send.titles() == [
+        ":warning: Quarantine growth: records",
+        ":white_check_mark: Cleared: Quarantine growth: records",
+    ]
+    [row] = incidents(state)
+    assert row["closed_at"] == NOW + timedelta(hours=7)  # last seen at +4 h, then three quiet checks
 
 
 def test_owed_notices_clearings_first_one_per_incident() -> None:
@@ -306,6 +341,57 @@ def test_a_notice_slack_may_have_taken_is_reposted_marked(state: StateStore) -> 
     assert json.loads(incidents(state)[0]["details"])["uncertain"] == ["open"]
 
 
+def test_a_run_killed_mid_post_reposts_the_notice_marked(state: StateStore) -> None:
+    deliver(state, B, NOW - timedelta(hours=30), NOW - timedelta(hours=3))
+    deliver(state, A, NOW - timedelta(hours=30), NOW + timedelta(hours=3))
+
+    class Killed(BaseException):
+        """The worker died while the request was out: Slack may have posted it."""
+
+    def killed(message: Message) -> SendResult:
+        raise Killed
+
+    with pytest.raises(Killed):
+        health.run_health(state, NOW, killed)
+    send = Sender()
+    assert health.run_health(state, NOW + timedelta(hours=1), send).sent == 1
+    assert slack.POSSIBLE_DUPLICATE in json.dumps(send.messages[0].blocks)
+
+
+def test_failed_and_waiting_alerts_warn_once_and_clear_once(state: StateStore) -> None:
+    row = {"detection_id": "d", "first_seen": NOW, "fired_at": NOW, "payload": "{}", "attempts": 3}
+    with state.begin() as conn:
+        conn.execute(
+            alerts.insert(),
+            [
+                {**row, "key": "1", "status": "failed", "created_at": NOW - timedelta(hours=1)},
+                {**row, "key": "2", "status": "pending", "created_at": NOW - timedelta(hours=4)},
+                {**row, "key": "3", "status": "replayed", "created_at": NOW - timedelta(days=4)},
+                {**row, "key": "4", "status": "failed", "created_at": NOW + timedelta(hours=1)},  # after now
+            ],
+        )
+    send = Sender()
+    health.run_health(state, NOW, send)
+    assert sorted(send.titles()) == [
+        ":warning: Alerts Slack rejected: all detections",
+        ":warning: Alerts not reaching Slack: all detections",
+    ]
+    body = json.dumps([m.blocks for m in send.messages])
+    assert "1 alert(s) marked failed" in body and "re-queue" in body and "1 alert(s) pending" in body
+    send.clear()
+    assert health.run_health(state, NOW + timedelta(minutes=30), send).sent == 0  # no repeat
+
+    with state.begin() as conn:
+        conn.execute(alerts.update().where(alerts.c.key == "2").values(status="sent"))
+    assert outbox.requeue_failed(state) == 2
+    health.run_health(state, NOW + timedelta(hours=2), send)  # alert 1 now waits, 3 h old: still a backlog
+    assert send.titles() == [":white_check_mark: Cleared: Alerts Slack rejected: all detections"]
+    with state.begin() as conn:
+        conn.execute(alerts.update().where(alerts.c.status == "pending").values(status="sent"))
+    health.run_health(state, NOW + timedelta(hours=3), send)
+    assert send.titles()[1:] == [":white_check_mark: Cleared: Alerts not reaching Slack: all detections"]
+
+
 def test_a_sender_that_raises_does_not_lose_the_notice(state: StateStore) -> None:
     deliver(state, B, NOW - timedelta(hours=30), NOW - timedelta(hours=3))
     deliver(state, A, NOW - timedelta(hours=30), NOW + timedelta(hours=3))
@@ -358,15 +444,22 @@ def test_daily_summary(state: StateStore) -> None:
     quarantine_rows(state, day + timedelta(hours=2), 4)
     quarantine_rows(state, day + timedelta(hours=2), 1, record_index=-1)
     quarantine_rows(state, day + timedelta(days=1), 9)
-    alert = {"key": "{}", "first_seen": day, "created_at": day, "payload": "{}", "status": "sent", "attempts": 1}
+
+    def alert(key: str, detection: str, fired: timedelta, created: timedelta | None = None, status: str = "sent"):
+        at = day + (fired if created is None else created)
+        row = {"key": key, "detection_id": detection, "first_seen": day, "payload": "{}", "attempts": 1}
+        return {**row, "fired_at": day + fired, "created_at": at, "status": status}
+
     with state.begin() as conn:
         conn.execute(
             alerts.insert(),
             [
-                {**alert, "detection_id": "det-a", "key": "1", "fired_at": day + timedelta(hours=5)},
-                {**alert, "detection_id": "det-a", "key": "2", "fired_at": day + timedelta(hours=6)},
-                {**alert, "detection_id": "det-b", "key": "3", "fired_at": day + timedelta(hours=7)},
-                {**alert, "detection_id": "det-b", "key": "4", "fired_at": day + timedelta(days=1)},
+                alert("1", "det-a", timedelta(hours=5)),
+                alert("2", "det-a", timedelta(hours=7), status="failed"),
+                alert("3", "det-a", timedelta(hours=9), status="pending"),
+                alert("4", "det-b", timedelta(days=-3), timedelta(hours=7), status="digested"),  # a backfill's
+                alert("5", "det-b", timedelta(days=1)),  # the next day
+                alert("6", "det-c", timedelta(hours=8), status="replayed"),  # replay output, not the pipeline's
             ],
         )
     health.run_health(state, day + timedelta(hours=6), Sender())  # opens the gap of B (10 h) and ingest lag
@@ -378,18 +471,34 @@ def test_daily_summary(state: StateStore) -> None:
         "events ingested: 26",
         "objects processed: 14 (done 13, quarantined 1)",
         "records quarantined: 5 (whole objects: 1)",
-        "alerts fired: 3",
-        "alerts of detection det-a: 2",
+        "alerts created: 4",
+        "alerts of detection det-a: 3",
         "alerts of detection det-b: 1",
+        "alerts for intervals in the day (by fired_at, backfills included): 3",
+        "alerts waiting to post now: 1, failed: 1",
         "health incidents opened: 2, cleared: 0, open at the end: 2",
         "open: Ingest lag ingest since 2026-11-20 06:00 UTC",
     ):
         assert line in body, line
+    assert "det-c" not in body
 
 
 def test_daily_summary_of_a_quiet_day_shows_zeroes(state: StateStore) -> None:
     body = json.dumps(health.daily_summary(state, utc(2026, 11, 20), utc(2026, 11, 21)).blocks)
-    assert "events ingested: 0" in body and "objects processed: 0" in body and "alerts fired: 0" in body
+    assert "events ingested: 0" in body and "objects processed: 0" in body and "alerts created: 0" in body
+
+
+def test_daily_summary_posts_once_per_day(state: StateStore) -> None:
+    day = (utc(2026, 11, 20), utc(2026, 11, 21))
+    send = Sender(DOWN, HUNG)
+    assert not health.post_summary(state, *day, send).ok  # surely not posted
+    assert not health.post_summary(state, *day, send).ok  # maybe posted
+    assert health.post_summary(state, *day, send).ok
+    assert health.post_summary(state, *day, send) == SendResult(ok=True, reply="already posted")
+    marked = [slack.POSSIBLE_DUPLICATE in json.dumps(m.blocks) for m in send.messages]
+    assert marked == [False, False, True]  # only the post after the unknown outcome says so
+    other_day = (utc(2026, 11, 21), utc(2026, 11, 22))
+    assert health.post_summary(state, *other_day, send).ok and len(send.messages) == 4
 
 
 # -- the failure callback ------------------------------------------------------------------------
@@ -459,6 +568,16 @@ def test_secrets_airflow_masks_are_redacted() -> None:
 
     mask_secret("hunter2-aws-secret")
     assert ops.describe_error(ValueError("login failed with hunter2-aws-secret")) == "ValueError: login failed with ***"
+
+
+def test_a_sensor_failing_because_its_upstream_failed_sends_no_second_notice(ops_slack: FakeSlack) -> None:
+    from airflow.providers.standard.exceptions import ExternalTaskFailedError
+
+    upstream = ExternalTaskFailedError("Some of the external tasks ['ingest'] in DAG cloudtrail_ingest failed.")
+    ops.notify_failure(_context(upstream))
+    assert ops_slack.posts() == []
+    ops.notify_failure(_context(RuntimeError("sensor timed out")))  # its own failure is still told
+    assert len(ops_slack.posts()) == 1
 
 
 def test_notify_failure_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:

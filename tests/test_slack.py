@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fake_slack import (  # ruff: ignore[unused-import] - the *_fixture names register pytest fixtures
     API_PATH,
@@ -27,6 +34,7 @@ from fake_slack import (  # ruff: ignore[unused-import] - the *_fixture names re
 )
 from trailguard import slack
 from trailguard.settings import Settings
+from trailguard.slack import ELLIPSIS
 
 LAKE = "s3://trailguard-lake/prod"
 
@@ -69,6 +77,26 @@ def test_escape_entities_backticks_controls_and_urls() -> None:
     assert slack.escape(None) == ""
 
 
+@pytest.mark.parametrize(
+    "invisible",
+    ["\u200b", "\u200d", "\u2060", "\u2066", "\u2069", "\u202e", "\u061c", "\u00ad", "\ufeff", "\U000e0041", "\ud800"],
+)
+def test_escape_drops_every_format_character(invisible: str) -> None:
+    assert slack.escape(f"ad{invisible}min") == "admin"
+    assert slack.plain(f"ad{invisible}min", 20) == "admin"
+
+
+def test_escape_neutralises_formatting_outside_code_only() -> None:
+    out = slack.escape("*bold* _it_ ~strike~ snake_case_name a*b")
+    assert not any(marker in out.replace("snake_case_name", "").replace("a*b", "") for marker in "*_~")
+    assert "snake_case_name" in out and "a*b" in out  # inside a word Slack formats nothing
+    assert slack.code("*bold* _it_") == "`*bold* _it_`"  # a code span shows them as they are
+
+
+def test_escape_without_limit_never_cuts() -> None:
+    assert slack.escape("x" * 5000, None) == "x" * 5000
+
+
 def test_escape_truncates_before_escaping() -> None:
     out = slack.escape("x" * 500, limit=100)
     assert len(out) == 100 and out.endswith("\u2026")
@@ -82,6 +110,13 @@ def test_clip_keeps_entities_whole() -> None:
     assert slack.clip(text, 100) == text
 
 
+def test_clip_never_leaves_a_code_span_open() -> None:
+    text = "*User* `" + "x" * 50 + "` and `more`"
+    cut = slack.clip(text, 30)
+    assert cut == "*User* \u2026" and len(cut) <= 30
+    assert slack.clip("`ab` `cd` tail", 11) == "`ab` `cd` \u2026"  # whole spans stay
+
+
 # -- rendering ---------------------------------------------------------------------------------
 def test_render_cross_account_alert() -> None:
     message = slack.render_alert(alert_payload(1), LAKE)
@@ -90,8 +125,12 @@ def test_render_cross_account_alert() -> None:
     assert "AWS Cross Account Activity From Previously Unseen Account" in message.blocks[0]["text"]["text"]
     assert "Low severity" in body and "111122223333" in body and "444400000001" in body
     assert "https://us-east-1.console.aws.amazon.com/cloudtrailv2/home?region=us-east-1#/events/evt-0001" in body
+    assert "(sign in to account `444455556666`, `us-east-1`)" in body  # the account the link opens in
+    assert "*Account* (recorded in)\\n`444455556666`" in body
     assert "read_parquet('s3://trailguard-lake/prod/events/*/*/*.parquet', hive_partitioning = true)" in body
-    assert "event_id IN ('evt-0001')" in body
+    assert "coalesce(nullif(user_account_id, ''), recipient_account_id) = '111122223333'" in body
+    assert "LIKE 'arn:%::444400000001:%'" in body
+    assert "*MITRE ATT&amp;CK:* none mapped in ESCU" in body
     assert "*Events*\\n7" in body
     assert slack.POSSIBLE_DUPLICATE not in body
     assert message.text.startswith(":large_yellow_circle: Low")
@@ -106,6 +145,97 @@ def test_render_country_alert_with_attack_links_and_known_countries() -> None:
     assert "<https://attack.mitre.org/techniques/T1078/004/|T1078.004>" in body
     assert "Countries seen before" in body and "`DE`" in body and "`US`" in body
     assert "Brazil" in body and "AS20712" in body
+    assert "*Account* (recorded in)\\n`444455556666`" in body and "sign in to account `444455556666`" in body
+    assert "source_ip IN ('81.2.69.160')" in body
+    assert "*Role*" not in body  # a provisioning call assumes no role
+
+
+def test_digest_names_the_account_of_a_country_alert() -> None:
+    body = json.dumps(slack.render_digest([alert_payload(1, country=True)], 1).blocks)
+    assert "country `BR` in account `444455556666`" in body
+
+
+LAKE_COLUMNS = (
+    "event_id", "event_name", "aws_region", "recipient_account_id", "user_name", "user_arn", "user_account_id",
+    "source_ip", "request_role_arn", "assumed_role_arn", "role_session_name", "error_code", "user_agent",
+)  # fmt: skip
+
+
+def write_lake(root: Path, events: list[dict]) -> str:
+    """A Hive-partitioned events lake (the layout and columns of docs/schema.md) holding ``events``."""
+    parts: dict[tuple[str, int], list[dict]] = {}
+    for event in events:
+        parts.setdefault((f"{event['event_time']:%Y-%m-%d}", event["event_time"].hour), []).append(event)
+    for (day, hour), rows in parts.items():
+        columns = {c: pa.array([r.get(c) for r in rows], pa.string()) for c in LAKE_COLUMNS}
+        columns["event_time"] = pa.array([r["event_time"] for r in rows], pa.timestamp("ms", tz="UTC"))
+        folder = root / "events" / f"event_date={day}" / f"event_hour={hour:02d}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table(columns), folder / "delivered-x.parquet")
+    return str(root)
+
+
+def run_message_query(message: slack.Message) -> list[tuple]:
+    """The DuckDB query in the message, as a reader would copy it from Slack, run for real."""
+    [sql] = [b["text"]["text"] for b in message.blocks if b.get("text", {}).get("text", "").startswith("```")]
+    sql = sql.removeprefix("```").removesuffix("```")
+    assert ELLIPSIS not in sql  # never cut
+    sql = sql.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return duckdb.connect().execute(sql).fetchall()
+
+
+FIRED = datetime(2026, 11, 20, 14, tzinfo=timezone.utc)
+
+
+def test_query_of_a_busy_cross_account_alert_shows_its_activity(tmp_path: Path) -> None:
+    def call(n: int, at: datetime, caller: str = "111122223333", into: str = "444400000001") -> dict:
+        arn = f"arn:aws:iam::{into}:role/deploy"
+        event = {"event_id": str(uuid.UUID(int=n)), "event_time": at, "event_name": "AssumeRole"}
+        return {**event, "user_account_id": caller, "recipient_account_id": caller, "request_role_arn": arn}
+
+    inside = [call(n, FIRED - timedelta(hours=23, minutes=n)) for n in range(60)]  # >= 25: the old query broke
+    others = [
+        call(100, FIRED - timedelta(hours=25)),  # before the window
+        call(101, FIRED),  # the window ends where the alert fired
+        call(102, FIRED - timedelta(hours=1), caller="999988887777"),
+        call(103, FIRED - timedelta(hours=1), into="777788889999"),
+    ]
+    lake = write_lake(tmp_path / "lake", inside + others)
+    alert = dict(alert_payload(1), rows=[dict(alert_payload(1)["rows"][0], event_id=e["event_id"]) for e in inside])
+    message = slack.render_alert(alert, lake)
+    assert_block_kit_limits(message.blocks)
+    found = run_message_query(message)
+    assert sorted(row[1] for row in found) == sorted(e["event_id"] for e in inside)
+
+
+def test_query_of_a_country_alert_lists_as_many_source_ips_as_fit(tmp_path: Path) -> None:
+    ips = [f"2001:4860:4860:0000:0000:0000:{n:04x}:8888" for n in range(200)]
+    events = [
+        {"event_id": f"e-{n}", "event_time": FIRED - timedelta(hours=2), "event_name": "RunInstances", "source_ip": ip}
+        for n, ip in enumerate(ips)
+    ]
+    lake = write_lake(tmp_path / "lake", events)
+    base = alert_payload(1, country=True)
+    alert = dict(base, rows=[dict(base["rows"][0], src=ip, event_id=f"e-{n}") for n, ip in enumerate(ips)])
+    message = slack.render_alert(alert, lake)
+    assert_block_kit_limits(message.blocks)
+    body = json.dumps(message.blocks)
+    listed = re.search(r"-- (\d+) of 200 source_ip values listed", body)
+    assert listed and 0 < int(listed.group(1)) < 200
+    found = run_message_query(message)
+    assert len(found) == int(listed.group(1)) and {row[7] for row in found} <= set(ips)
+
+
+def test_query_names_the_lake_absolutely_and_reads_s3_with_the_credential_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert slack.lake_root("var/lake") == str(tmp_path.resolve() / "var" / "lake")
+    local = slack.duckdb_query("var/lake", alert_payload(1), [], 3000)
+    assert f"read_parquet('{tmp_path.resolve()}/var/lake/events/" in local and "httpfs" not in local
+    s3 = slack.duckdb_query(LAKE + "/", alert_payload(1), [], 3000)
+    assert "INSTALL httpfs; LOAD httpfs;" in s3 and "PROVIDER credential_chain" in s3
+    assert "read_parquet('s3://trailguard-lake/prod/events/" in s3
 
 
 def test_severity_and_links() -> None:
@@ -114,6 +244,10 @@ def test_severity_and_links() -> None:
     assert slack.attack_url("T1078|x") is None
     assert slack.cloudtrail_event_url("us-east-1", "a|b>") is None
     assert slack.cloudtrail_event_url("<evil>", "abc") is None
+    china = "https://console.amazonaws.cn/cloudtrailv2/home?region=cn-north-1#/events/e-1"
+    assert slack.cloudtrail_event_url("cn-north-1", "e-1") == china
+    gov = "https://console.amazonaws-us-gov.com/cloudtrailv2/home?region=us-gov-west-1#/events/e-1"
+    assert slack.cloudtrail_event_url("us-gov-west-1", "e-1") == gov
 
 
 def test_possible_duplicate_is_marked() -> None:
@@ -191,7 +325,7 @@ def test_channel_from_environment(fake_slack: FakeSlack, monkeypatch: pytest.Mon
     conn = {"conn_type": "slack", "password": "xoxb-test", "extra": {"base_url": fake_slack.api_url}}
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_NOCHAN", json.dumps(conn))
     missing = send(slack.render_ops("t", []), "slack_nochan")
-    assert not missing.ok and missing.retryable and "channel" in (missing.error or "")
+    assert not missing.ok and missing.config_error and missing.retryable and "channel" in (missing.error or "")
     assert fake_slack.posts() == []
     monkeypatch.setenv("TRAILGUARD_SLACK_CHANNEL", "C0SEC")
     assert send(slack.render_ops("t", []), "slack_nochan").ok
@@ -225,19 +359,66 @@ def test_persistent_server_error_is_retryable(fake_slack: FakeSlack, slack_webho
     ("conn", "error"),
     [
         ("slack_webhook_conn", "invalid_payload"),
-        ("slack_webhook_conn", "no_service"),
+        ("slack_webhook_conn", "invalid_blocks"),
         ("slack_bot_conn", "invalid_blocks"),
-        ("slack_bot_conn", "channel_not_found"),
+        ("slack_bot_conn", "msg_too_long"),
     ],
 )
-def test_client_errors_are_not_retryable(
+def test_a_rejected_message_is_not_retryable(
     fake_slack: FakeSlack, conn: str, error: str, request: pytest.FixtureRequest
 ) -> None:
     conn_id = request.getfixturevalue(conn)
     fake_slack.script(("error", error))
     result = send(slack.render_ops("t", ["x"]), conn_id)
-    assert not result.ok and not result.retryable and not result.maybe_delivered
+    assert not result.ok and not result.retryable and not result.maybe_delivered and not result.config_error
     assert error in (result.error or "")
+    assert len(fake_slack.posts()) == 1
+
+
+@pytest.mark.parametrize(
+    ("conn", "error", "status"),
+    [
+        ("slack_webhook_conn", "no_service", 404),
+        ("slack_webhook_conn", "invalid_token", 403),
+        ("slack_webhook_conn", "channel_is_archived", 410),
+        ("slack_webhook_conn", "user_not_found", 400),  # a 400 about the setup, not the message
+        ("slack_bot_conn", "channel_not_found", 200),
+        ("slack_bot_conn", "not_in_channel", 200),
+        ("slack_bot_conn", "invalid_auth", 200),
+        ("slack_bot_conn", "token_revoked", 200),
+        ("slack_bot_conn", "account_inactive", 200),
+        ("slack_bot_conn", "some_new_error", 200),  # unknown: stop and keep, rather than fail alerts
+    ],
+)
+def test_a_slack_setup_error_is_a_config_error(
+    fake_slack: FakeSlack, conn: str, error: str, status: int, request: pytest.FixtureRequest
+) -> None:
+    conn_id = request.getfixturevalue(conn)
+    fake_slack.script(("error", error))
+    result = send(slack.render_ops("t", ["x"]), conn_id)
+    assert not result.ok and result.config_error and result.retryable and not result.maybe_delivered
+    assert result.error == f"HTTP {status}: {error}"
+    assert len(fake_slack.posts()) == 1
+
+
+def test_web_api_500_may_have_posted_so_it_is_not_retried(fake_slack: FakeSlack, slack_bot_conn: str) -> None:
+    fake_slack.script(SERVER_ERROR)
+    result = send(slack.render_ops("t", ["x"]), slack_bot_conn)
+    assert not result.ok and result.retryable and result.maybe_delivered
+    assert len(fake_slack.posts()) == 1  # the outbox re-sends it, marked as a possible duplicate
+
+
+def test_web_api_503_is_retried_in_process(fake_slack: FakeSlack, slack_bot_conn: str) -> None:
+    fake_slack.script(("http", "503"))
+    assert send(slack.render_ops("t", ["x"]), slack_bot_conn).ok
+    assert [p.status for p in fake_slack.posts()] == [503, 200]
+
+
+@pytest.mark.parametrize("status", ["502", "504"])
+def test_webhook_gateway_errors_may_have_posted(fake_slack: FakeSlack, slack_webhook_conn: str, status: str) -> None:
+    fake_slack.script(("http", status))
+    result = send(slack.render_ops("t", ["x"]), slack_webhook_conn)
+    assert not result.ok and result.retryable and result.maybe_delivered and not result.config_error
     assert len(fake_slack.posts()) == 1
 
 
@@ -264,10 +445,18 @@ def test_connection_refused_is_retryable_and_not_delivered(monkeypatch: pytest.M
 
 def test_connection_problems_are_retryable_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     missing = send(slack.render_ops("t", []), "no_such_connection")
-    assert not missing.ok and missing.retryable and not missing.maybe_delivered
+    assert not missing.ok and missing.config_error and missing.retryable and not missing.maybe_delivered
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_HTTP", json.dumps({"conn_type": "http", "host": "example.com"}))
     wrong = send(slack.render_ops("t", []), "slack_http")
-    assert not wrong.ok and wrong.retryable and "conn_type" in (wrong.error or "")
+    assert not wrong.ok and wrong.config_error and "conn_type" in (wrong.error or "")
+
+
+def test_a_malformed_webhook_url_is_a_config_error_not_a_maybe(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {"conn_type": "slackwebhook", "password": "http://127.0.0.1:notaport/services/T000/B000/XXXX"}
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_BADURL", json.dumps(conn))
+    result = send(slack.render_ops("t", ["x"]), "slack_badurl", retries=0, timeout=1)
+    assert not result.ok and result.config_error and not result.maybe_delivered
+    assert "InvalidURL" in (result.error or "") and "XXXX" not in (result.error or "")
 
 
 def test_secrets_never_logged_or_returned(

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections import ChainMap
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from trailguard.runtime import Runtime
@@ -118,12 +118,24 @@ def detect(spec_id: str, context: dict[str, Any]) -> dict[str, Any]:
 
 
 def deliver_alerts() -> dict[str, Any]:
-    from datetime import timezone
+    """The deliver task: post pending alerts to Slack.
 
-    report = runtime().deliver_alerts(datetime.now(timezone.utc))
+    It needs the state store and Slack, not AWS: the messages' DuckDB query needs only the lake
+    URI, so a broken AWS connection cannot hold alerts back. When alerts ended failed or a Slack
+    configuration error stopped delivery, the task fails without retrying (a retry would find
+    nothing new and succeed), so its failure callback tells ops. A Slack outage does not fail it:
+    the alerts wait, pending, and pipeline health reports them if they wait too long.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    rt = Runtime(settings())
+    try:
+        report = rt.deliver_alerts(datetime.now(timezone.utc))
+    finally:
+        rt.state.close()
     log.info("slack delivery: %s", report)
-    if report.failed:
-        log.warning("%s alerts could not be delivered and are marked failed", report.failed)
+    if report.problem:
+        raise AirflowFailException(report.problem)
     return dataclasses.asdict(report)
 
 

@@ -1,5 +1,5 @@
 """Pipeline health: is CloudTrail still arriving, is ingest keeping up, is quarantine growing,
-are the baselines fresh?
+are the baselines fresh, do alerts reach Slack?
 
 The checks are pure functions over facts read from the state store, evaluated at a ``now``
 the caller passes (the run's data interval end), so a run can be replayed and tested. An
@@ -9,10 +9,15 @@ condition starts and one when it clears, instead of one message every hour::
     finding appears -> row opened (open_notified=false) --posted--> open_notified=true
     finding gone    -> closed_at set (close_notified=false) --posted--> close_notified=true
 
-A notice Slack did not take stays owed and the next run posts it; one Slack may have taken
-(a timeout after the request went out) is re-posted marked as a possible duplicate, as the
-alert outbox does. Runs are expected one at a time (the DAG has ``max_active_runs=1``); a run
-whose ``now`` is older than what the incidents already record does nothing.
+Quarantine growth counts a one-hour window, so a burst every other hour would open and clear
+it each hour: it clears only after ``Thresholds.quarantine_quiet`` without the finding.
+
+A notice Slack did not take stays owed and the next run posts it. Before each post the notice
+is recorded as attempted, so one Slack may have taken (a timeout after the request went out, a
+task killed mid-post) is re-posted marked as a possible duplicate, as the alert outbox does.
+The daily summary is posted once per day the same way. Runs are expected one at a time (the
+DAG has ``max_active_runs=1``); a run whose ``now`` is older than what the incidents already
+record does nothing.
 
 No Airflow here: the DAG passes ``now`` and a ``send`` callable.
 """
@@ -29,8 +34,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from trailguard.outbox import FAILED, PENDING, REPLAYED, SENDING
 from trailguard.slack import POSSIBLE_DUPLICATE, Message, SendResult, redact, render_ops
-from trailguard.store import WHOLE_OBJECT, StateStore, alerts, health_incidents, objects, quarantine, watermarks
+from trailguard.store import (
+    WHOLE_OBJECT,
+    StateStore,
+    alerts,
+    health_incidents,
+    insert_ignore,
+    objects,
+    quarantine,
+    watermarks,
+)
+from trailguard.store import now as store_now
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +56,13 @@ DELIVERY_GAP, INGEST_LAG, QUARANTINE_GROWTH, BASELINE_AGE = (
     "quarantine_growth",
     "baseline_age",
 )
+FAILED_ALERTS, ALERT_BACKLOG = "failed_alerts", "alert_backlog"
 OPEN, CLOSE = "open", "close"
 BASELINE_PREFIX = "baseline/"
+SUMMARY_PREFIX = "daily_summary/"  # watermarks: daily_summary/<day>/attempted and .../posted
 INGEST_SUBJECT = "ingest"
 RECORDS_SUBJECT, OBJECTS_SUBJECT = "records", "whole objects"
+ALERTS_SUBJECT = "all detections"
 MAX_LISTED = 5  # whole-object quarantines named in one finding
 
 Sender = Callable[[Message], SendResult]
@@ -54,6 +73,8 @@ _LABELS = {
     INGEST_LAG: "Ingest lag",
     QUARANTINE_GROWTH: "Quarantine growth",
     BASELINE_AGE: "Stale baseline",
+    FAILED_ALERTS: "Alerts Slack rejected",
+    ALERT_BACKLOG: "Alerts not reaching Slack",
 }
 _HINTS = {
     DELIVERY_GAP: "Check that the trail still logs for this account and region (trail status, a StopLogging "
@@ -64,6 +85,10 @@ _HINTS = {
     "a format change, truncated deliveries or objects that are not CloudTrail.",
     BASELINE_AGE: "The daily baseline update of this detection has not completed: check its DAG runs. "
     "Alerts keep firing against an old baseline until it catches up.",
+    FAILED_ALERTS: "Slack rejected these messages (the alerts table has each one's last_error). Fix the cause, "
+    "then re-queue them: docs/alerts.md.",
+    ALERT_BACKLOG: "Check the detections DAG's deliver task: Slack down or throttling, or a connection, token or "
+    "channel problem. The alerts are kept and posted once delivery works.",
 }
 
 
@@ -78,6 +103,8 @@ class Thresholds:
     quarantine_window: timedelta = timedelta(hours=1)
     baseline_age: timedelta = timedelta(hours=36)  # daily update missing
     lookback: timedelta = timedelta(days=7)  # how far back deliveries are read
+    quarantine_quiet: timedelta = timedelta(hours=3)  # without the finding before it clears (hysteresis)
+    pending_age: timedelta = timedelta(hours=3)  # an alert waiting this long to reach Slack
 
 
 DEFAULTS = Thresholds()
@@ -133,6 +160,9 @@ class Facts:
     whole_objects: tuple[tuple[str, str], ...] = ()  # (object uri, reason), newest first
     baselines: Mapping[str, datetime] = field(default_factory=dict)  # detection id -> T of the last update
     ongoing: frozenset[Key] = frozenset()  # keys of the open incidents
+    failed_alerts: int = 0
+    pending_alerts: int = 0
+    oldest_pending: datetime | None = None  # created_at of the oldest alert waiting to post
 
 
 @dataclass(frozen=True)
@@ -226,6 +256,19 @@ def baseline_age(baselines: Mapping[str, datetime], now: datetime, limits: Thres
     ]
 
 
+def alert_delivery(
+    failed: int, pending: int, oldest_pending: datetime | None, now: datetime, limits: Thresholds = DEFAULTS
+) -> list[Finding]:
+    """Alerts Slack rejected (they stay failed until re-queued), and alerts waiting too long."""
+    findings: list[Finding] = []
+    if failed:
+        findings.append(Finding(FAILED_ALERTS, ALERTS_SUBJECT, f"{failed} alert(s) marked failed"))
+    if oldest_pending is not None and now - oldest_pending >= limits.pending_age:
+        detail = f"{pending} alert(s) pending; the oldest was created {_since(oldest_pending, now)}"
+        findings.append(Finding(ALERT_BACKLOG, ALERTS_SUBJECT, detail))
+    return findings
+
+
 def evaluate(facts: Facts, now: datetime, limits: Thresholds = DEFAULTS) -> list[Finding]:
     """Every check over one set of facts."""
     return [
@@ -233,6 +276,7 @@ def evaluate(facts: Facts, now: datetime, limits: Thresholds = DEFAULTS) -> list
         *ingest_lag(newest(facts.pairs), now, limits, (INGEST_LAG, INGEST_SUBJECT) in facts.ongoing),
         *quarantine_growth(facts.quarantined_records, facts.whole_objects, limits),
         *baseline_age(facts.baselines, now, limits),
+        *alert_delivery(facts.failed_alerts, facts.pending_alerts, facts.oldest_pending, now, limits),
     ]
 
 
@@ -271,10 +315,11 @@ def newest(pairs: Mapping[Any, Activity]) -> Activity | None:
 
 # -- the incident state machine (pure) -----------------------------------------------------------
 def reconcile(
-    open_incidents: Sequence[Incident], findings: Sequence[Finding], now: datetime
+    open_incidents: Sequence[Incident], findings: Sequence[Finding], now: datetime, limits: Thresholds = DEFAULTS
 ) -> tuple[list[Incident], list[Incident], list[Incident]]:
     """(to_open, to_keep, to_close): new incidents for new findings, open ones still found
-    (last seen now, details refreshed), and open ones no longer found (closed now)."""
+    (last seen now, details refreshed), and open ones no longer found (closed now, unless their
+    kind must stay quiet for a while first: they are kept as they are)."""
     current: dict[Key, Finding] = {}
     for finding in findings:
         current.setdefault(finding.key, finding)
@@ -282,12 +327,20 @@ def reconcile(
     to_close: list[Incident] = []
     for incident in open_incidents:
         finding = current.pop(incident.key, None)
-        if finding is None:
-            to_close.append(replace(incident, closed_at=now))
-        else:
+        if finding is not None:
             to_keep.append(replace(incident, last_seen_at=now, details=finding.details))
+        elif now - incident.last_seen_at < quiet_before_close(incident.kind, limits):
+            to_keep.append(incident)
+        else:
+            to_close.append(replace(incident, closed_at=now))
     to_open = [Incident(None, f.kind, f.subject, now, now, f.details) for f in current.values()]
     return to_open, to_keep, to_close
+
+
+def quiet_before_close(kind: str, limits: Thresholds = DEFAULTS) -> timedelta:
+    """How long an incident must go unfound before it clears: quarantine growth is counted per
+    hour and bursty, the other conditions clear as soon as they are gone."""
+    return limits.quarantine_quiet if kind == QUARANTINE_GROWTH else timedelta(0)
 
 
 def owed_notices(incidents: Iterable[Incident]) -> list[Notice]:
@@ -336,7 +389,7 @@ def run_health(state: StateStore, now: datetime, send: Sender, limits: Threshold
     open_incidents = _read_incidents(state, health_incidents.c.closed_at.is_(None))
     facts = read_facts(state, now, limits, frozenset(i.key for i in open_incidents))
     findings = evaluate(facts, now, limits)
-    to_open, to_keep, to_close = reconcile(open_incidents, findings, now)
+    to_open, to_keep, to_close = reconcile(open_incidents, findings, now, limits)
     _write(state, to_open, to_keep, to_close)
     sent, unsent = _post_owed(state, send)
     return HealthReport(tuple(findings), len(to_open), len(to_keep), len(to_close), sent, unsent)
@@ -345,13 +398,29 @@ def run_health(state: StateStore, now: datetime, send: Sender, limits: Threshold
 def read_facts(state: StateStore, now: datetime, limits: Thresholds, ongoing: frozenset[Key] = frozenset()) -> Facts:
     """The state store's answers to the checks' questions, as of ``now`` (nothing after it counts)."""
     with state.engine.connect() as conn:
+        failed, pending, oldest = _outbox(conn, now)
         return Facts(
             pairs=activities(_recent_deliveries(conn, now - limits.lookback, now)),
             quarantined_records=_count_quarantined(conn, now - limits.quarantine_window, now),
             whole_objects=_whole_objects(conn, now - limits.quarantine_window, now),
             baselines=_baselines(conn),
             ongoing=ongoing,
+            failed_alerts=failed,
+            pending_alerts=pending,
+            oldest_pending=oldest,
         )
+
+
+def _outbox(conn: Connection, now: datetime) -> tuple[int, int, datetime | None]:
+    """(failed, pending, oldest pending created_at) over the alerts created by ``now``; the
+    outbox keeps only its current state, so this is the present even when a run replays the past."""
+    created = alerts.c.created_at <= now
+    failed = conn.execute(sa.select(sa.func.count()).where(created, alerts.c.status == FAILED)).scalar_one()
+    waiting = sa.select(sa.func.count(), sa.func.min(alerts.c.created_at)).where(
+        created, alerts.c.status.in_([PENDING, SENDING])
+    )
+    pending, oldest = conn.execute(waiting).one()
+    return int(failed), int(pending), oldest
 
 
 def _recent_deliveries(conn: Connection, start: datetime, end: datetime) -> list[tuple[Any, Any, datetime]]:
@@ -441,7 +510,9 @@ def _post_owed(state: StateStore, send: Sender) -> tuple[int, int]:
     owed = owed_notices(_read_incidents(state, _owes_notice()))
     sent = 0
     for notice in owed:
-        result = _safe_send(send, render_notice(notice))
+        message = render_notice(notice)
+        _set_uncertain(state, notice.incident, notice.incident.uncertain | {notice.event})  # before posting
+        result = _safe_send(send, message)
         _record_outcome(state, notice, result)
         if result.ok:
             sent += 1
@@ -469,24 +540,31 @@ def _safe_send(send: Sender, message: Message) -> SendResult:
 
 
 def _record_outcome(state: StateStore, notice: Notice, result: SendResult) -> None:
-    """Posted: flag it. Maybe posted: remember, so the re-post is marked a possible duplicate."""
+    """Posted: flag it. Maybe posted: it stays marked as attempted, so the re-post says it may be
+    a duplicate. Surely not posted: take the attempt back."""
     incident = notice.incident
     table = health_incidents
     if result.ok:
         flag = table.c.open_notified if notice.event == OPEN else table.c.close_notified
-        values: dict[str, Any] = {flag.name: True}
-    elif result.maybe_delivered:
-        values = {"details": _encode(incident.details, incident.uncertain | {notice.event})}
-    else:
-        return
+        with state.begin() as conn:
+            conn.execute(table.update().where(table.c.id == incident.id).values({flag.name: True}))
+    elif not result.maybe_delivered:
+        _set_uncertain(state, incident, incident.uncertain)
+
+
+def _set_uncertain(state: StateStore, incident: Incident, uncertain: frozenset[str]) -> None:
+    """Record which of the incident's notices may have been posted."""
+    table = health_incidents
     with state.begin() as conn:
-        conn.execute(table.update().where(table.c.id == incident.id).values(**values))
+        update = table.update().where(table.c.id == incident.id)
+        conn.execute(update.values(details=_encode(incident.details, uncertain)))
 
 
 # -- the daily summary ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DaySummary:
-    """The numbers of one day (objects by the time they were processed)."""
+    """The numbers of one day (objects by the time they were processed, alerts by the time the
+    detections created them: a backfill's alerts count on the day it ran)."""
 
     day_start: datetime
     day_end: datetime
@@ -494,15 +572,49 @@ class DaySummary:
     events: int
     quarantined_records: int
     quarantined_objects: int
-    alerts: Mapping[str, int]  # detection id -> alerts fired in the day
+    alerts: Mapping[str, int]  # detection id -> alerts created in the day
     opened: int
     cleared: int
     still_open: tuple[Incident, ...]
+    alerts_fired: int = 0  # alerts whose evaluation time (fired_at) falls in the day
+    pending_alerts: int = 0  # the outbox when the summary is read
+    failed_alerts: int = 0
 
 
-def daily_summary(state: StateStore, day_start: datetime, day_end: datetime) -> Message:
+def daily_summary(
+    state: StateStore, day_start: datetime, day_end: datetime, *, possible_duplicate: bool = False
+) -> Message:
     """The ops message summarising [day_start, day_end)."""
-    return render_summary(read_day(state, day_start, day_end))
+    return render_summary(read_day(state, day_start, day_end), possible_duplicate=possible_duplicate)
+
+
+def post_summary(state: StateStore, day_start: datetime, day_end: datetime, send: Sender) -> SendResult:
+    """Post the day's summary once: a retry or re-run after it posted sends nothing, one after an
+    unknown outcome (or a task killed mid-post) re-posts it marked as a possible duplicate."""
+    name = f"{SUMMARY_PREFIX}{day_start:%Y-%m-%d}"
+    marks = _marks(state, name)
+    if "posted" in marks:
+        return SendResult(ok=True, reply="already posted")
+    message = daily_summary(state, day_start, day_end, possible_duplicate="attempted" in marks)
+    _mark(state, f"{name}/attempted", day_start)
+    result = _safe_send(send, message)
+    if result.ok:
+        _mark(state, f"{name}/posted", day_start)
+    elif not result.maybe_delivered:
+        with state.begin() as conn:
+            conn.execute(watermarks.delete().where(watermarks.c.name == f"{name}/attempted"))
+    return result
+
+
+def _marks(state: StateStore, name: str) -> set[str]:
+    query = sa.select(watermarks.c.name).where(watermarks.c.name.startswith(f"{name}/", autoescape=True))
+    with state.engine.connect() as conn:
+        return {n.removeprefix(f"{name}/") for n in conn.execute(query).scalars()}
+
+
+def _mark(state: StateStore, name: str, value: datetime) -> None:
+    with state.begin() as conn:
+        conn.execute(insert_ignore(conn, watermarks).values(name=name, value=value, updated_at=store_now()))
 
 
 def read_day(state: StateStore, start: datetime, end: datetime) -> DaySummary:
@@ -519,11 +631,16 @@ def read_day(state: StateStore, start: datetime, end: datetime) -> DaySummary:
         whole = conn.execute(
             sa.select(sa.func.count()).where(in_day, quarantine.c.record_index == WHOLE_OBJECT)
         ).scalar_one()
-        fired = conn.execute(
+        delivered = alerts.c.status != REPLAYED
+        created = conn.execute(
             sa.select(alerts.c.detection_id, sa.func.count())
-            .where(alerts.c.fired_at >= start, alerts.c.fired_at < end)
+            .where(delivered, alerts.c.created_at >= start, alerts.c.created_at < end)
             .group_by(alerts.c.detection_id)
         ).all()
+        fired = conn.execute(
+            sa.select(sa.func.count()).where(delivered, alerts.c.fired_at >= start, alerts.c.fired_at < end)
+        ).scalar_one()
+        failed, pending, _ = _outbox(conn, store_now())
         opened = conn.execute(sa.select(sa.func.count()).where(inc.c.opened_at >= start, inc.c.opened_at < end))
         opened_count = opened.scalar_one()
         cleared = conn.execute(sa.select(sa.func.count()).where(inc.c.closed_at >= start, inc.c.closed_at < end))
@@ -538,16 +655,20 @@ def read_day(state: StateStore, start: datetime, end: datetime) -> DaySummary:
         events=sum(int(events) for _, _, events in by_status),
         quarantined_records=int(records),
         quarantined_objects=int(whole),
-        alerts={detection_id: int(n) for detection_id, n in fired},
+        alerts={detection_id: int(n) for detection_id, n in created},
         opened=int(opened_count),
         cleared=int(cleared_count),
         still_open=tuple(still_open),
+        alerts_fired=int(fired),
+        pending_alerts=pending,
+        failed_alerts=failed,
     )
 
 
-def render_summary(day: DaySummary) -> Message:
+def render_summary(day: DaySummary, *, possible_duplicate: bool = False) -> Message:
     """The daily summary as an ops message."""
-    return render_ops(f":bar_chart: Pipeline summary for {_period(day.day_start, day.day_end)}", summary_lines(day))
+    lines = [POSSIBLE_DUPLICATE, *summary_lines(day)] if possible_duplicate else summary_lines(day)
+    return render_ops(f":bar_chart: Pipeline summary for {_period(day.day_start, day.day_end)}", lines)
 
 
 def summary_lines(day: DaySummary) -> list[str]:
@@ -558,8 +679,10 @@ def summary_lines(day: DaySummary) -> list[str]:
         f"events ingested: {day.events:,}",
         f"objects processed: {total:,}" + (f" ({statuses})" if statuses else ""),
         f"records quarantined: {day.quarantined_records:,} (whole objects: {day.quarantined_objects:,})",
-        f"alerts fired: {sum(day.alerts.values()):,}",
+        f"alerts created: {sum(day.alerts.values()):,}",
         *(f"alerts of detection {detection}: {n:,}" for detection, n in sorted(day.alerts.items())),
+        f"alerts for intervals in the day (by fired_at, backfills included): {day.alerts_fired:,}",
+        f"alerts waiting to post now: {day.pending_alerts:,}, failed: {day.failed_alerts:,}",
         f"health incidents opened: {day.opened}, cleared: {day.cleared}, open at the end: {len(day.still_open)}",
     ]
     lines += [

@@ -3,7 +3,8 @@
 ``notify_failure`` is every DAG's task ``on_failure_callback``. It posts to the ops Slack
 connection (``TRAILGUARD_OPS_SLACK_CONN_ID``) and never raises: a broken Slack or an odd
 callback context must not mask the task's own error. Exception texts are redacted (webhook
-URLs, tokens, passwords in URLs) before they reach Slack or a log.
+URLs, tokens, passwords in URLs) before they reach Slack or a log. A sensor that failed only
+because the task it waits for failed posts nothing: that task's own callback told ops.
 
 Airflow is imported only inside functions, so the package still imports without it.
 """
@@ -50,6 +51,9 @@ class FailedTask:
 def notify_failure(context: Mapping[str, Any]) -> None:
     """Task ``on_failure_callback``: post the failure to the ops Slack connection; never raises."""
     try:
+        if upstream_failed(context.get("exception")):
+            log.info("no failure notice: the external task this sensor waits for failed, and said so")
+            return
         message = render_failure(failed_task(context), airflow_base_url())
         cfg = ops_settings()
         result = slack.sender(cfg, cfg.ops_slack_conn_id)(message)
@@ -58,6 +62,20 @@ def notify_failure(context: Mapping[str, Any]) -> None:
         return
     if not result.ok:
         log.warning("failure notice not posted: %s", result.error)
+
+
+def upstream_failed(error: object) -> bool:
+    """The ExternalTaskSensor's error for "the external task or DAG failed" (not its timeout,
+    which means the upstream never ran and is worth a notice of its own)."""
+    try:
+        from airflow.providers.standard.exceptions import (
+            ExternalDagFailedError,
+            ExternalTaskFailedError,
+            ExternalTaskGroupFailedError,
+        )
+    except ImportError:  # pragma: no cover - the standard provider is a requirement
+        return False
+    return isinstance(error, (ExternalDagFailedError, ExternalTaskFailedError, ExternalTaskGroupFailedError))
 
 
 def failed_task(context: Mapping[str, Any]) -> FailedTask:
@@ -176,17 +194,17 @@ def health_check(context: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def post_daily_summary(context: Mapping[str, Any]) -> dict[str, Any]:
-    """Task ``post_summary``: the previous UTC day's numbers; fails (and retries) if not posted."""
+    """Task ``post_summary``: the previous UTC day's numbers, once per day; fails (and retries)
+    if not posted."""
     cfg = _settings()
     start, end = previous_day(evaluation_time(context))
     from trailguard.runtime import Runtime
 
     state = Runtime.local(cfg).state
     try:
-        message = health.daily_summary(state, start, end)
+        result = health.post_summary(state, start, end, slack.sender(cfg, cfg.ops_slack_conn_id))
     finally:
         state.close()
-    result = slack.sender(cfg, cfg.ops_slack_conn_id)(message)
     if not result.ok:
         raise RuntimeError(f"daily summary not posted: {result.error}")
     return {"day_start": start.isoformat(), "day_end": end.isoformat(), "reply": result.reply}

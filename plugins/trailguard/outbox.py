@@ -1,29 +1,37 @@
 """Alert delivery: a small state machine over ``store.alerts``.
 
-States::
+States (docs/alerts.md is the operator's version)::
 
     pending --claim--> sending --ok--> sent
                           |----old, in the digest--> digested
-                          |----retryable / unknown--> pending (attempts+1; failed at max_attempts)
-                          `----rejected by Slack---> failed
+                          |----retryable / config error / unknown--> pending (attempts+1)
+                          `----this message rejected by Slack---> failed --requeue--> pending
+
+Only 'pending' rows (and stale 'sending' claims) are ever delivered: alerts that ``trailguard
+replay`` stores without ``--notify`` ('replayed') never are. A retryable error never turns into
+'failed', however long Slack is down: ``attempts`` only counts, for the log and the operators.
 
 Delivery is *at least once*. A post whose outcome is unknown (timeout or reset after the
-request went out, Slack's ``internal_error``/``fatal_error``) stays pending with
+request went out, Slack's ``internal_error``/``fatal_error``, a 502/504) stays pending with
 ``possible_duplicate`` set, and the re-send says "(possible duplicate: an earlier attempt may
 have been delivered)". We prefer a marked possible duplicate to a lost alert.
 
 Claims make concurrent runs safe: a row is posted only by the run whose
 ``UPDATE ... SET status='sending' WHERE id=? AND status='pending'`` changed it (rowcount 1),
 which is atomic on SQLite and PostgreSQL alike. While a row is 'sending', ``claimed_at`` holds
-the claim time; a claim older than ``stale_after`` (a run that died mid-post) is taken over and the
-re-send is marked as a possible duplicate, since the dead run may have posted it.
+the claim time and is the claim's token: a run settles only rows still carrying its own
+``claimed_at``. A claim older than ``stale_after`` (a run that died mid-post) is taken over and
+the re-send is marked as a possible duplicate, since the dead run may have posted it.
 
 Alerts that fired before ``now - horizon`` (backfills, catch-up after an outage) are not posted
-one by one: each call sends one digest for them and marks them 'digested'; if the digest
-cannot be posted they stay pending for the next call.
+one by one: they go into one digest per ``digest_limit`` alerts and become 'digested'. A digest
+Slack does not take (down, configuration) leaves them pending; one Slack rejects as a message is
+split in halves until the alerts it can take are digested and the ones it cannot are 'failed'.
 
-A retryable failure stops the call: Slack is down or throttling, so the other alerts wait for
-the next run untouched instead of each burning an attempt.
+A retryable failure or a configuration error stops the call: Slack is down, throttling or set
+up wrongly, so the other alerts wait for the next run untouched instead of each burning an
+attempt. ``DeliveryReport.problem`` says when the operators must act (failed alerts, a
+configuration error); the deliver task then fails so its failure callback tells them.
 """
 
 from __future__ import annotations
@@ -45,8 +53,10 @@ from trailguard.store import StateStore, alerts
 log = logging.getLogger(__name__)
 
 PENDING, SENDING, SENT, DIGESTED, FAILED = "pending", "sending", "sent", "digested", "failed"
+REPLAYED = "replayed"  # stored by ``trailguard replay`` without --notify: never delivered
 STALE_CLAIM = timedelta(minutes=15)  # far above one send: timeout x (1 + retries) + Retry-After
-DIGEST_LIMIT = 5000  # alerts per digest call; more wait for the next call (bounded memory)
+DIGEST_LIMIT = 5000  # alerts per digest message (bounded memory; a digest lists the top 20)
+DIGEST_POSTS = 32  # digest posts per call, splits included: enough to isolate a rejected alert in 5000
 MAX_ERROR = 2000
 _CHUNK = 500
 
@@ -67,6 +77,22 @@ class DeliveryReport:
     still_pending: int = 0
     failures: tuple[tuple[int, str], ...] = ()
     stopped: str | None = None  # why the call stopped early (Slack unavailable, digest not posted)
+    config_error: bool = False  # it stopped because the Slack setup is wrong
+
+    @property
+    def problem(self) -> str | None:
+        """What the operators must act on, or None when waiting (or nothing) will do."""
+        parts = []
+        if self.config_error:
+            parts.append(f"alert delivery stopped by a Slack configuration error: {self.stopped}")
+        if self.failures:
+            shown = "; ".join(f"alert {alert_id}: {error}" for alert_id, error in self.failures[:5])
+            more = f" and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+            parts.append(f"{len(self.failures)} alert(s) rejected by Slack and marked failed ({shown}{more})")
+        if not parts:
+            return None
+        waiting = f"{self.still_pending} alert(s) wait, pending. " if self.still_pending else ""
+        return ". ".join(parts) + f". {waiting}See docs/alerts.md to fix and re-queue."
 
 
 @dataclass
@@ -75,6 +101,11 @@ class _Tally:
     digested: int = 0
     failures: list[tuple[int, str]] = field(default_factory=list)
     stopped: str | None = None
+    config_error: bool = False
+    digest_posts: int = DIGEST_POSTS  # left in this call
+
+    def stop(self, reason: str, result: SendResult) -> None:
+        self.stopped, self.config_error = reason, result.config_error
 
 
 def deliver_pending(
@@ -83,7 +114,6 @@ def deliver_pending(
     now: datetime,
     horizon: timedelta,
     lake_uri: str,
-    max_attempts: int = 20,
     *,
     stale_after: timedelta = STALE_CLAIM,
     digest_limit: int = DIGEST_LIMIT,
@@ -93,7 +123,7 @@ def deliver_pending(
     cutoff = now - horizon
     candidates = _candidates(state, store.now() - stale_after)
     recent = [alert_id for alert_id, fired_at in candidates if fired_at >= cutoff]
-    old = [alert_id for alert_id, fired_at in candidates if fired_at < cutoff][:digest_limit]
+    old = [alert_id for alert_id, fired_at in candidates if fired_at < cutoff]
 
     for alert_id in recent:
         claimed = _claim(state, [alert_id], store.now() - stale_after)
@@ -101,16 +131,21 @@ def deliver_pending(
             continue  # another run has it
         row = claimed[0]
         result = _post_alert(row, send, lake_uri)
-        if _settle(state, row, result, max_attempts) == FAILED:
+        status = _settle(state, row, result)
+        if status == FAILED:
             tally.failures.append((row.id, result.error or "unknown error"))
-        elif result.ok:
+        elif status == SENT:
             tally.sent += 1
-        if not result.ok and result.retryable:
-            tally.stopped = result.error
+        else:
+            tally.stop(result.error or "unknown error", result)
             break
 
-    if old and tally.stopped is None:
-        _deliver_digest(state, send, old, stale_after, tally)
+    for i in range(0, len(old), digest_limit):
+        if tally.stopped is not None:
+            break
+        rows = _claim(state, old[i : i + digest_limit], store.now() - stale_after)
+        if rows:
+            _deliver_digest(state, send, rows, tally)
 
     return DeliveryReport(
         sent=tally.sent,
@@ -119,7 +154,21 @@ def deliver_pending(
         still_pending=_count_pending(state),
         failures=tuple(tally.failures),
         stopped=tally.stopped,
+        config_error=tally.config_error,
     )
+
+
+def requeue_failed(state: StateStore, ids: Sequence[int] | None = None) -> int:
+    """Put failed alerts (all, or those of ``ids``) back to pending; returns how many.
+
+    For after the cause is fixed: the next delivery run posts them, or digests them when they
+    fired before the horizon. ``attempts`` and ``last_error`` stay, as the record of what happened.
+    """
+    where = alerts.c.status == FAILED
+    if ids is not None:
+        where = sa.and_(where, alerts.c.id.in_(list(ids)))
+    with state.begin() as conn:
+        return conn.execute(alerts.update().where(where).values(status=PENDING, claimed_at=None)).rowcount
 
 
 # -- claims ------------------------------------------------------------------------------------
@@ -173,7 +222,14 @@ def _claim(state: StateStore, ids: Sequence[int], stale_before: datetime) -> lis
 
 def _rows(conn: Connection, ids: Sequence[int]) -> list[Row[Any]]:
     """The claimed rows, in fired_at order."""
-    columns = (alerts.c.id, alerts.c.payload, alerts.c.attempts, alerts.c.possible_duplicate, alerts.c.fired_at)
+    columns = (
+        alerts.c.id,
+        alerts.c.payload,
+        alerts.c.attempts,
+        alerts.c.possible_duplicate,
+        alerts.c.fired_at,
+        alerts.c.claimed_at,
+    )
     out: list[Row[Any]] = []
     for i in range(0, len(ids), _CHUNK):
         out.extend(conn.execute(sa.select(*columns).where(alerts.c.id.in_(ids[i : i + _CHUNK]))))
@@ -199,55 +255,88 @@ def _safe_send(send: Sender, message: Message) -> SendResult:
         return SendResult(ok=False, error=f"{type(err).__name__}: {err}", retryable=True, maybe_delivered=True)
 
 
-def next_status(result: SendResult, attempts: int, max_attempts: int) -> str:
-    """The state after an attempt; ``attempts`` already counts this one."""
+def next_status(result: SendResult) -> str:
+    """The state after an attempt: anything worth trying again stays pending, however often."""
     if result.ok:
         return SENT
-    if result.retryable and attempts < max_attempts:
-        return PENDING
-    return FAILED
+    return PENDING if result.retryable else FAILED
 
 
-def _settle(state: StateStore, row: Row[Any], result: SendResult, max_attempts: int) -> str:
+def _settle(state: StateStore, row: Row[Any], result: SendResult) -> str:
     """Record the outcome of posting one claimed alert; returns its new status."""
-    attempts = row.attempts + 1
-    status = next_status(result, attempts, max_attempts)
-    values: dict[str, Any] = {"status": status, "attempts": attempts}
+    status = next_status(result)
+    values: dict[str, Any] = {"status": status, "attempts": alerts.c.attempts + 1}
     if status == SENT:
         values.update(sent_at=store.now(), slack_reply=result.reply, last_error=None)
     else:
-        values.update(claimed_at=None, last_error=(result.error or "unknown error")[:MAX_ERROR])
-        if result.maybe_delivered:
-            values["possible_duplicate"] = True
+        values.update(_unsent(result.error or "unknown error", result))
     if status == FAILED:
-        log.error("alert %s failed after %s attempt(s): %s", row.id, attempts, values["last_error"])
-    with state.begin() as conn:
-        update = alerts.update().where(alerts.c.id == row.id, alerts.c.status == SENDING).values(**values)
-        if conn.execute(update).rowcount != 1:
-            log.warning("alert %s was taken over by another run before it was settled", row.id)
+        log.error("alert %s failed after %s attempt(s): %s", row.id, row.attempts + 1, values["last_error"])
+    if _update_claimed(state, [row.id], row.claimed_at, values) != 1:
+        log.warning("alert %s was taken over by another run before it was settled", row.id)
     return status
 
 
-# -- digest ------------------------------------------------------------------------------------
-def _deliver_digest(state: StateStore, send: Sender, ids: Sequence[int], stale_after: timedelta, tally: _Tally) -> None:
-    """One digest message for the old alerts this run could claim."""
-    rows = _claim(state, ids, store.now() - stale_after)
-    if not rows:
-        return
-    payloads = [_payload(r) for r in rows]
-    message = render_digest(payloads, len(rows), possible_duplicate=any(r.possible_duplicate for r in rows))
-    result = _safe_send(send, message)
-    claimed = [r.id for r in rows]
-    if result.ok:
-        values: dict[str, Any] = {"status": DIGESTED, "sent_at": store.now(), "slack_reply": result.reply}
-        values["last_error"] = None
-        tally.digested = _update_claimed(state, claimed, values)
-        return
-    tally.stopped = f"digest not posted: {result.error}"
-    values = {"status": PENDING, "claimed_at": None, "last_error": f"digest: {result.error}"[:MAX_ERROR]}
+def _unsent(error: str, result: SendResult) -> dict[str, Any]:
+    """Column values for a post that did not (surely) happen."""
+    values: dict[str, Any] = {"claimed_at": None, "last_error": error[:MAX_ERROR]}
     if result.maybe_delivered:
         values["possible_duplicate"] = True
-    _update_claimed(state, claimed, values)
+    return values
+
+
+# -- digest ------------------------------------------------------------------------------------
+def _deliver_digest(state: StateStore, send: Sender, rows: list[Row[Any]], tally: _Tally) -> None:
+    """Digest claimed old alerts; a digest Slack rejects as a message is split in halves.
+
+    Splitting stops at single alerts (those become 'failed') or when this call's digest posts
+    run out; whatever is not settled then goes back to pending, for the next call.
+    """
+    claimed_at = rows[0].claimed_at
+    parts = [rows]
+    while parts:
+        if tally.digest_posts == 0:
+            left = _release(state, parts, claimed_at)
+            tally.stopped = f"digest post limit reached; {left} old alert(s) wait for the next run"
+            return
+        tally.digest_posts -= 1
+        part = parts.pop(0)
+        ids = [r.id for r in part]
+        result = _post_digest(part, send)
+        error = f"digest: {result.error}"
+        tried: dict[str, Any] = {"attempts": alerts.c.attempts + 1}
+        if result.ok:
+            tried.update(status=DIGESTED, sent_at=store.now(), slack_reply=result.reply, last_error=None)
+            tally.digested += _update_claimed(state, ids, claimed_at, tried)
+            continue
+        if result.retryable:
+            _update_claimed(state, ids, claimed_at, {**tried, "status": PENDING, **_unsent(error, result)})
+            _release(state, parts, claimed_at)
+            tally.stop(f"digest not posted: {result.error}", result)
+            return
+        if len(part) == 1:
+            tried.update(status=FAILED, **_unsent(error, result))
+            tally.failures.append((part[0].id, error))
+        else:
+            tried["last_error"] = error[:MAX_ERROR]
+            parts[:0] = [part[: len(part) // 2], part[len(part) // 2 :]]
+        _update_claimed(state, ids, claimed_at, tried)
+
+
+def _release(state: StateStore, parts: Sequence[Sequence[Row[Any]]], claimed_at: datetime) -> int:
+    """Give claimed rows back to pending, untried; returns how many."""
+    ids = [r.id for part in parts for r in part]
+    return _update_claimed(state, ids, claimed_at, {"status": PENDING, "claimed_at": None})
+
+
+def _post_digest(rows: Sequence[Row[Any]], send: Sender) -> SendResult:
+    """Render and post one digest; a digest we cannot render is rejected like a bad message."""
+    try:
+        payloads = [_payload(r) for r in rows]
+        message = render_digest(payloads, len(rows), possible_duplicate=any(r.possible_duplicate for r in rows))
+    except Exception as err:
+        return SendResult(ok=False, error=f"cannot render digest: {type(err).__name__}: {err}")
+    return _safe_send(send, message)
 
 
 def _payload(row: Row[Any]) -> dict[str, Any]:
@@ -259,14 +348,14 @@ def _payload(row: Row[Any]) -> dict[str, Any]:
     return payload if isinstance(payload, dict) else {"detection": f"alert {row.id} (unreadable payload)"}
 
 
-def _update_claimed(state: StateStore, ids: Sequence[int], values: dict[str, Any]) -> int:
-    """Settle rows this run still holds; returns how many it updated."""
+def _update_claimed(state: StateStore, ids: Sequence[int], claimed_at: datetime, values: dict[str, Any]) -> int:
+    """Update rows this run still holds (its claim, by ``claimed_at``); returns how many."""
     done = 0
     with state.begin() as conn:
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
-            update = alerts.update().where(alerts.c.id.in_(chunk), alerts.c.status == SENDING).values(**values)
-            done += conn.execute(update).rowcount
+            mine = sa.and_(alerts.c.id.in_(chunk), alerts.c.status == SENDING, alerts.c.claimed_at == claimed_at)
+            done += conn.execute(alerts.update().where(mine).values(**values)).rowcount
     return done
 
 

@@ -5,18 +5,30 @@ roleSessionName, request parameters...), so it goes through :func:`escape` befor
 mrkdwn, and is shown in inline code where possible so Slack applies no formatting to it.
 
 This module keeps no state: :mod:`trailguard.outbox` decides what to post and records outcomes.
-``send`` never raises; it classifies the outcome so the outbox can retry without losing alerts.
+``send`` never raises; it classifies the outcome so the outbox can retry without losing alerts:
+
+- ``ok``: posted.
+- ``retryable``: Slack is down, throttling, or the answer was lost; try again later.
+  ``maybe_delivered`` adds that Slack may have posted it (the re-send is marked).
+- ``config_error`` (also retryable): the connection, token, channel or webhook is wrong, so no
+  message can post until someone fixes it.
+- none of these: Slack rejected this one message (its blocks or size); re-sending cannot help.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from functools import partial
+from json import JSONDecodeError
+from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 from urllib.parse import quote
@@ -41,6 +53,7 @@ MAX_FIELD = 2000
 MAX_FIELDS = 10
 MAX_CONTEXT_ELEMENTS = 10
 MAX_TEXT = 3000  # our own cap for the notification fallback text
+MAX_VALUE_IN_MESSAGE = 120  # an event value quoted in the ESCU message
 
 DEFAULT_TIMEOUT = 10.0
 MAX_RETRY_AFTER = 30  # seconds we are willing to sleep in-process for one 429
@@ -49,13 +62,20 @@ POSSIBLE_DUPLICATE = "(possible duplicate: an earlier attempt may have been deli
 ELLIPSIS = "\u2026"
 WORD_JOINER = "\u2060"
 NOT_AVAILABLE = "_n/a_"
+QUERY_WINDOW = timedelta(hours=24)  # both ESCU detections look at the 24 hours before they fire
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# Control, format (bidi overrides, zero-width joiners, tags) and lone surrogate characters.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs"})
+_LINE_BREAKS = str.maketrans({"\r": " ", "\n": " ", "\t": " ", "\x85": " ", "\u2028": " ", "\u2029": " "})
+# A formatting marker Slack could pair up: not inside a word (``snake_case`` stays as it is).
+_FORMAT_MARKER = re.compile(r"(?<![^\W_])[*_~]|[*_~](?![^\W_])")
+_LOOK_ALIKES = {"*": "\u2217", "_": "\u02cd", "~": "\u223c"}  # read the same, format nothing
 _SPECIAL_MENTION = re.compile(r"(?<=[@!])(?=(?:channel|here|everyone|group)\b)", re.IGNORECASE)
 _URL_SCHEME = re.compile(r"(?<=[A-Za-z]):(?=//)")
 _TECHNIQUE = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 _REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 _EVENT_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_ACCOUNT_ID = re.compile(r"^\d{12}$")
 _SECRET_PATTERNS = (
     re.compile(r"https?://[^\s'\"]*/services/[^\s'\"]+"),
     re.compile(r"xox[a-z]-[A-Za-z0-9-]+"),
@@ -84,22 +104,28 @@ class SendResult:
     error: str | None = None
     retryable: bool = False
     maybe_delivered: bool = False
+    config_error: bool = False
 
 
 # -- escaping -----------------------------------------------------------------------------------
-def escape(value: object, limit: int = 300, *, defang_urls: bool = True) -> str:
-    """Make an untrusted value inert in mrkdwn: no mentions, links, code-span breaks or control chars.
+def escape(value: object, limit: int | None = 300, *, defang_urls: bool = True, in_code: bool = False) -> str:
+    """Make an untrusted value inert in mrkdwn: no mentions, links, code-span breaks, formatting
+    or invisible characters.
 
-    Truncation happens before escaping, so an entity such as ``&amp;`` is never cut in half.
-    ``defang_urls=False`` keeps ``scheme://`` intact, for text we build ourselves in code blocks.
+    Truncation (``limit=None``: none) happens before escaping, so an entity such as ``&amp;`` is
+    never cut in half. ``in_code=True`` is for text inside a code span or block, where
+    ``*bold*``, ``_italic_`` and ``~strike~`` do not apply and are kept; ``defang_urls=False``
+    keeps ``scheme://`` intact, for text we build ourselves in code blocks.
     """
     if value is None:
         return ""
-    text = str(value).replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
-    text = _CONTROL.sub("", text)
-    text = truncate(text, limit)
+    text = _visible(value)
+    if limit is not None:
+        text = truncate(text, limit)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("`", "\u02cb")  # a look-alike that cannot open or close a code span
+    if not in_code:
+        text = _FORMAT_MARKER.sub(lambda m: _LOOK_ALIKES[m.group()], text)
     text = _SPECIAL_MENTION.sub(WORD_JOINER, text)
     if defang_urls:
         text = _URL_SCHEME.sub(":" + WORD_JOINER, text)  # no auto-linking (or unfurling) of bare URLs
@@ -110,8 +136,13 @@ def plain(value: object, limit: int) -> str:
     """Clean text for ``plain_text`` objects (headers): Slack does not parse mrkdwn there."""
     if value is None:
         return ""
-    text = _CONTROL.sub("", str(value).replace("\n", " "))
-    return _SPECIAL_MENTION.sub(WORD_JOINER, truncate(text, limit))
+    return _SPECIAL_MENTION.sub(WORD_JOINER, truncate(_visible(value), limit))
+
+
+def _visible(value: object) -> str:
+    """One line without invisible characters, which could hide or reorder what Slack shows."""
+    text = str(value).replace("\r\n", " ").translate(_LINE_BREAKS)
+    return "".join(ch for ch in text if unicodedata.category(ch) not in _INVISIBLE)
 
 
 def truncate(text: str, limit: int) -> str:
@@ -122,19 +153,22 @@ def truncate(text: str, limit: int) -> str:
 
 
 def clip(text: str, limit: int) -> str:
-    """Cut already-escaped mrkdwn to ``limit`` without splitting an ``&...;`` entity."""
+    """Cut already-escaped mrkdwn to ``limit`` without splitting an ``&...;`` entity or leaving a
+    code span open (an open one would pair with the next backtick and garble what follows)."""
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
     amp = cut.rfind("&", max(0, len(cut) - 5))
     if amp != -1 and ";" not in cut[amp:]:
         cut = cut[:amp]
+    if cut.count("`") % 2:
+        cut = cut[: cut.rfind("`")]
     return cut + ELLIPSIS
 
 
 def code(value: object, limit: int = 300) -> str:
     """An untrusted value as inline code (no formatting applies), or a muted n/a."""
-    text = escape(value, limit)
+    text = escape(value, limit, in_code=True)
     return f"`{text}`" if text.strip() else NOT_AVAILABLE
 
 
@@ -201,38 +235,116 @@ def attack_url(technique: str) -> str | None:
 
 
 def cloudtrail_event_url(region: object, event_id: object) -> str | None:
-    """CloudTrail console Event history link for one event, None when the inputs look wrong."""
+    """CloudTrail console Event history link for one event, None when the inputs look wrong.
+
+    China and GovCloud regions live in their own partitions, with their own console hosts."""
     if not isinstance(region, str) or not isinstance(event_id, str):
         return None
     if not _REGION.match(region) or not _EVENT_ID.match(event_id):
         return None
-    return (
-        f"https://{region}.console.aws.amazon.com/cloudtrailv2/home?region={region}#/events/{quote(event_id, safe='')}"
-    )
+    if region.startswith("cn-"):
+        host = "console.amazonaws.cn"
+    elif region.startswith("us-gov-"):
+        host = "console.amazonaws-us-gov.com"
+    else:
+        host = f"{region}.console.aws.amazon.com"
+    return f"https://{host}/cloudtrailv2/home?region={region}#/events/{quote(event_id, safe='')}"
 
 
-def duckdb_query(lake_uri: str, rows: Sequence[dict[str, Any]], rows_total: int) -> str:
-    """A DuckDB query over the lake for the alert's events (unescaped SQL; escape before mrkdwn)."""
-    ids = [r["event_id"] for r in rows if isinstance(r.get("event_id"), str) and _EVENT_ID.match(r["event_id"])]
-    ids = list(dict.fromkeys(ids))[:25]
-    dates = sorted({str(r["event_time"])[:10] for r in rows if isinstance(r.get("event_time"), str)})
-    dates = [d for d in dates if re.fullmatch(r"\d{4}-\d{2}-\d{2}", d)]
-    lake = lake_uri.rstrip("/").replace("'", "''")
-    where = []
-    if dates:
-        where.append(f"event_date BETWEEN '{dates[0]}' AND '{dates[-1]}'")
-    if ids:
-        where.append("event_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")")
-    lines = [
-        "SELECT event_time, event_name, aws_region, user_arn, source_ip, request_role_arn, user_agent",
-        f"FROM read_parquet('{lake}/events/*/*/*.parquet', hive_partitioning = true)",
+def duckdb_query(lake_uri: str, alert: dict[str, Any], rows: Sequence[dict[str, Any]], budget: int) -> str:
+    """A DuckDB query for the alert's activity: its key in the detection's window before it fired.
+
+    Unescaped SQL (see :func:`code_text`). Only validated values (12-digit accounts, IP
+    addresses, event ids) reach the SQL. A listed filter (source IPs or event ids) is shortened,
+    never cut, until the escaped query fits ``budget`` characters.
+    """
+    key = alert.get("key") if isinstance(alert.get("key"), dict) else {}
+    accounts = _account_filter(key)
+    where = [*_window_filter(alert.get("fired_at")), *accounts]
+    column, values = ("", []) if accounts else _listed_filter(key, rows)
+    query = ""
+    for cap in [len(values), *(n for n in (40, 20, 10, 5, 1, 0) if n < len(values))]:
+        query = _duckdb_sql(lake_uri, where, column, values[:cap], len(values))
+        if len(code_text(query)) <= budget:
+            break
+    return query
+
+
+def code_text(sql: str) -> str:
+    """SQL (or any text we build) escaped for a code block, line by line and never shortened."""
+    return "\n".join(escape(line, None, defang_urls=False, in_code=True) for line in sql.splitlines())
+
+
+def _window_filter(fired_at: object) -> list[str]:
+    """[fired_at - 24h, fired_at), with the date partitions it spans; nothing for a bad time."""
+    try:
+        end = datetime.fromisoformat(str(fired_at))
+    except ValueError:
+        return []
+    end = end.astimezone(timezone.utc) if end.tzinfo else end.replace(tzinfo=timezone.utc)
+    start = end - QUERY_WINDOW
+    return [
+        f"event_date BETWEEN '{start:%Y-%m-%d}' AND '{end - timedelta(microseconds=1):%Y-%m-%d}'",
+        f"event_time >= TIMESTAMPTZ '{start:%Y-%m-%d %H:%M:%S}+00' AND event_time < TIMESTAMPTZ "
+        f"'{end:%Y-%m-%d %H:%M:%S}+00'",
     ]
-    if where:
-        lines.append("WHERE " + "\n  AND ".join(where))
+
+
+def _account_filter(key: dict[str, Any]) -> list[str]:
+    """The cross-account key: AssumeRole calls from the requesting account into the requested one."""
+    requesting, requested = key.get("requesting_account_id"), key.get("requested_account_id")
+    if not all(isinstance(a, str) and _ACCOUNT_ID.match(a) for a in (requesting, requested)):
+        return []
+    return [
+        f"event_name = 'AssumeRole' AND coalesce(nullif(user_account_id, ''), recipient_account_id) = '{requesting}'",
+        f"coalesce(request_role_arn, assumed_role_arn) LIKE 'arn:%::{requested}:%'",
+    ]
+
+
+def _listed_filter(key: dict[str, Any], rows: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The source IPs of a country alert's events, else the events' ids."""
+    if "country" in key:
+        ips = [str(r.get("src")) for r in rows if _is_ip(r.get("src"))]
+        if ips:
+            return "source_ip", list(dict.fromkeys(ips))
+    ids = [r["event_id"] for r in rows if isinstance(r.get("event_id"), str) and _EVENT_ID.match(r["event_id"])]
+    return "event_id", list(dict.fromkeys(ids))
+
+
+def _is_ip(value: object) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _duckdb_sql(lake_uri: str, where: Sequence[str], column: str, values: Sequence[str], total: int) -> str:
+    lines = ["-- the alert's activity in the 24 hours before it fired"]
+    root = lake_root(lake_uri)
+    if root.startswith("s3://"):
+        lines += ["INSTALL httpfs; LOAD httpfs;", "CREATE OR REPLACE SECRET (TYPE s3, PROVIDER credential_chain);"]
+    lines += [
+        "SELECT event_time, event_id, event_name, aws_region, recipient_account_id, user_name, user_arn,",
+        "  source_ip, request_role_arn, role_session_name, error_code, user_agent",
+        f"FROM read_parquet('{root.replace(chr(39), chr(39) * 2)}/events/*/*/*.parquet', hive_partitioning = true)",
+    ]
+    conditions = list(where)
+    if values:
+        conditions.append(f"{column} IN (" + ", ".join(f"'{v}'" for v in values) + ")")
+    if conditions:
+        lines.append("WHERE " + "\n  AND ".join(conditions))
     lines.append("ORDER BY event_time;")
-    if rows_total > len(ids):
-        lines.append(f"-- {len(ids)} of {rows_total} events listed; drop the event_id filter to see the rest")
+    if len(values) < total:
+        lines.append(f"-- {len(values)} of {total} {column} values listed: the message has no room for more")
     return "\n".join(lines)
+
+
+def lake_root(lake_uri: str) -> str:
+    """The lake as an absolute location: the query is run from anywhere, not the worker's cwd."""
+    if "://" in lake_uri:
+        return lake_uri.rstrip("/")
+    return str(Path(lake_uri).expanduser().resolve())
 
 
 def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bool = False) -> Message:
@@ -242,7 +354,8 @@ def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bo
     rows: list[dict[str, Any]] = [r for r in alert.get("rows") or [] if isinstance(r, dict)]
     first = rows[0] if rows else {}
     rows_total = int(_number(alert.get("rows_total", len(rows))))
-    message = escape(alert.get("message") or "", 2500)
+    summary = bounded_message(str(alert.get("message") or ""), first)
+    message = escape(summary, 2500)
 
     blocks: list[dict[str, Any]] = [_header(f"{emoji} {detection}")]
     if possible_duplicate:
@@ -263,9 +376,9 @@ def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bo
         shown = ", ".join(code(c, 8) for c in known[:60]) or "_none: this is the first country on record_"
         blocks.append(_section(f"*Countries seen before*\n{shown}"))
     techniques = [str(t) for t in alert.get("mitre_attack") or []]
-    if techniques:
-        blocks.append(_section("*MITRE ATT&amp;CK* " + " \u00b7 ".join(_technique_link(t) for t in techniques[:10])))
-    blocks.extend(_next_steps(first, lake_uri, rows, rows_total))
+    mapped = " \u00b7 ".join(_technique_link(t) for t in techniques[:10]) or "none mapped in ESCU"
+    blocks.append(_section(f"*MITRE ATT&amp;CK:* {mapped}"))
+    blocks.extend(_next_steps(alert, first, lake_uri, rows))
     blocks.append(
         _context(
             [
@@ -276,8 +389,16 @@ def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bo
         )
     )
     prefix = f"{POSSIBLE_DUPLICATE} " if possible_duplicate else ""
-    text = f"{prefix}{emoji} {label}: {escape(detection, 150)}: {escape(alert.get('message') or '', 1500)}"
+    text = f"{prefix}{emoji} {label}: {escape(detection, 150)}: {escape(summary, 1500)}"
     return _finish(text, blocks)
+
+
+def bounded_message(message: str, row: dict[str, Any], limit: int = MAX_VALUE_IN_MESSAGE) -> str:
+    """The ESCU message with each long event value it quotes shortened, so an attacker's
+    3,000-character userName cannot push the rest of the sentence out of the notification."""
+    for value in sorted({v for v in row.values() if isinstance(v, str) and len(v) > limit}, key=len, reverse=True):
+        message = message.replace(value, truncate(value, limit))
+    return message
 
 
 def _alert_fields(alert: dict[str, Any], first: dict[str, Any], rows_total: int) -> list[str]:
@@ -295,14 +416,18 @@ def _alert_fields(alert: dict[str, Any], first: dict[str, Any], rows_total: int)
     user = code(first.get("user"), 200)
     if first.get("user_arn") and first.get("user_arn") != first.get("user"):
         user += f"\n{code(first.get('user_arn'), 300)}"
-    role = code(first.get("role_arn"), 300)
-    if first.get("role_session_name"):
-        role += f"\nsession {code(first.get('role_session_name'), 100)}"
     fields = [
         subject,
+        f"*Account* (recorded in)\n{code(first.get('recipient_account_id'), 40)}",
         f"*User*\n{user}",
         f"*Source IP*\n{source}",
-        f"*Role*\n{role}",
+    ]
+    if first.get("role_arn") or first.get("role_session_name"):
+        role = code(first.get("role_arn"), 300)
+        if first.get("role_session_name"):
+            role += f"\nsession {code(first.get('role_session_name'), 100)}"
+        fields.append(f"*Role*\n{role}")
+    fields += [
         f"*First seen*\n{code(alert.get('first_seen'), 40)}",
         f"*Events*\n{rows_total}",
         f"*Event*\n{code(first.get('event_name'), 100)} in {code(first.get('aws_region'), 30)}",
@@ -325,17 +450,21 @@ def _technique_link(technique: str) -> str:
     return f"<{url}|{technique}>" if url else code(technique, 20)
 
 
-def _next_steps(first: dict[str, Any], lake_uri: str, rows: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
+def _next_steps(
+    alert: dict[str, Any], first: dict[str, Any], lake_uri: str, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The console link (it opens only when signed in to the recording account, so name it) and
+    a DuckDB query for the alert's activity in the lake."""
     url = cloudtrail_event_url(first.get("aws_region"), first.get("event_id"))
+    where = f"account {code(first.get('recipient_account_id'), 40)}, {code(first.get('aws_region'), 30)}"
     console = (
-        f"<{url}|Open the first event in CloudTrail Event history> ({escape(first.get('aws_region'), 30)})"
+        f"<{url}|Open the first event in CloudTrail Event history> (sign in to {where})"
         if url
-        else "_no CloudTrail console link: the first event has no usable region or event id_"
+        else f"_no CloudTrail console link: the first event has no usable region or event id_ ({where})"
     )
-    sql = duckdb_query(lake_uri, rows, total)
-    query = "\n".join(escape(line, 1000, defang_urls=False) for line in sql.splitlines())
+    query = code_text(duckdb_query(lake_uri, alert, rows, MAX_SECTION - 6))
     return [
-        _section(f"*Where to look next*\n\u2022 {console}\n\u2022 The events in the lake (DuckDB):"),
+        _section(f"*Where to look next*\n\u2022 {console}\n\u2022 The alert's activity in the lake (DuckDB):"),
         _section(_code_block(query)),
     ]
 
@@ -379,7 +508,9 @@ def _digest_line(alert: dict[str, Any]) -> str:
     _, emoji = severity(alert.get("risk_score"))
     key = alert.get("key") if isinstance(alert.get("key"), dict) else {}
     if "country" in key:
-        subject = f"country {code(key.get('country'), 8)}"
+        rows = [r for r in alert.get("rows") or [] if isinstance(r, dict)]
+        account = rows[0].get("recipient_account_id") if rows else None
+        subject = f"country {code(key.get('country'), 8)} in account {code(account, 40)}"
     else:
         subject = f"{code(key.get('requesting_account_id'), 40)} \u2192 {code(key.get('requested_account_id'), 40)}"
     return (
@@ -420,16 +551,33 @@ class _BoundedRateLimitHandler(RateLimitErrorRetryHandler):
             return False
 
 
-def retry_handlers(retries: int = 2) -> list[RetryHandler]:
-    """In-process retries that cannot cause a duplicate post.
+class _UnavailableRetryHandler(ServerErrorRetryHandler):
+    """Retries 503 only: the Web API answers 500 with ``internal_error``, which may have posted."""
 
-    429 and 500/503 responses mean Slack did not post. Connection errors are retried only when
-    urllib raised them while connecting/sending (``URLError``); a timeout or reset while waiting
-    for the answer is *not* retried here, because the first request may have been posted.
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        return response is not None and response.status_code == 503
+
+
+def retry_handlers(retries: int = 2, *, web_api: bool = False) -> list[RetryHandler]:
+    """In-process retries (slack_sdk backs off between them) that cannot cause a duplicate post.
+
+    429 means Slack did not post; so do a webhook's 500/503 and the Web API's 503. A Web API
+    500 is not retried here: Slack says the post may have happened, so the outbox re-sends it
+    marked. Connection errors are retried only when urllib raised them while connecting/sending
+    (``URLError``); a timeout or reset while waiting for the answer is *not* retried here,
+    because the first request may have been posted.
     """
+    server = _UnavailableRetryHandler if web_api else ServerErrorRetryHandler
     return [
         _BoundedRateLimitHandler(max_retry_count=retries),
-        ServerErrorRetryHandler(max_retry_count=retries),
+        server(max_retry_count=retries),
         ConnectionErrorRetryHandler(max_retry_count=retries, error_types=[URLError]),
     ]
 
@@ -437,6 +585,10 @@ def retry_handlers(retries: int = 2) -> list[RetryHandler]:
 def sender(settings: Settings, conn_id: str) -> Callable[[Message], SendResult]:
     """``send`` bound to a connection and the settings' timeout and default channel."""
     return partial(send, conn_id=conn_id, timeout=settings.slack_timeout, channel=settings.slack_channel)
+
+
+class SlackConfigError(Exception):
+    """The Slack connection cannot be used as it is (wrong type, no channel)."""
 
 
 def send(
@@ -450,7 +602,8 @@ def send(
     """Post ``message`` through the Airflow connection ``conn_id``; never raises.
 
     conn_type ``slackwebhook`` posts to the incoming webhook; ``slack`` calls chat.postMessage
-    with the bot token, to the connection's extra ``channel``, else ``channel``.
+    with the bot token, to the connection's extra ``channel``, else ``channel``. Anything that
+    goes wrong before the request (no connection, a bad URL or type) is a configuration error.
     """
     secrets: list[str] = []
     try:
@@ -458,50 +611,59 @@ def send(
 
         conn = BaseHook.get_connection(conn_id)
         secrets = [s for s in (conn.password, conn.host) if s]
-        handlers = retry_handlers(retries)
-        seconds = timeout
-        if conn.conn_type == "slackwebhook":
-            return _send_webhook(message, conn_id, seconds, handlers)
-        if conn.conn_type == "slack":
-            channel = (conn.extra_dejson or {}).get("channel") or channel
-            if not channel:
-                return _config_error(
-                    f"connection {conn_id!r} has no extra 'channel' and TRAILGUARD_SLACK_CHANNEL is unset"
-                )
-            return _send_web_api(message, conn_id, str(channel), seconds, handlers)
-        return _config_error(f"connection {conn_id!r} has conn_type {conn.conn_type!r}; use slackwebhook or slack")
+        post = _poster(conn, conn_id, channel, timeout, retries)
+    except Exception as err:  # nothing was sent
+        error = str(err) if isinstance(err, SlackConfigError) else f"{type(err).__name__}: {err}"
+        return _redacted(_config_error(error), secrets)
+    try:
+        result = post(message)
     except Exception as err:  # classify, never raise: the outbox must record every outcome
         result = classify_exception(err)
-        return SendResult(
-            ok=False,
-            error=redact(result.error or "", secrets),
-            retryable=result.retryable,
-            maybe_delivered=result.maybe_delivered,
+    return _redacted(result, secrets)
+
+
+def _poster(conn: Any, conn_id: str, channel: str, timeout: float, retries: int) -> Callable[[Message], SendResult]:
+    """What posts through the connection: its client is built before anything is sent, so a
+    failure here is a configuration error."""
+    if conn.conn_type == "slackwebhook":
+        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+        hook = SlackWebhookHook(
+            slack_webhook_conn_id=conn_id, timeout=timeout, retry_handlers=retry_handlers(retries), logger=_CLIENT_LOG
         )
+        return partial(_post_webhook, hook.client)
+    if conn.conn_type == "slack":
+        from airflow.providers.slack.hooks.slack import SlackHook
+
+        channel = (conn.extra_dejson or {}).get("channel") or channel
+        if not channel:
+            raise SlackConfigError(
+                f"connection {conn_id!r} has no extra 'channel' and TRAILGUARD_SLACK_CHANNEL is unset"
+            )
+        handlers = retry_handlers(retries, web_api=True)
+        hook = SlackHook(slack_conn_id=conn_id, timeout=timeout, retry_handlers=handlers, logger=_CLIENT_LOG)
+        return partial(_post_web_api, hook.client, str(channel))
+    raise SlackConfigError(f"connection {conn_id!r} has conn_type {conn.conn_type!r}; use slackwebhook or slack")
 
 
 def _config_error(error: str) -> SendResult:
-    """A wrong or missing connection: retryable, so alerts wait for the fix instead of failing."""
-    return SendResult(ok=False, error=error, retryable=True)
+    """Nothing can post until someone fixes the setup: alerts wait (pending) and ops is told."""
+    return SendResult(ok=False, error=error, retryable=True, config_error=True)
 
 
-def _send_webhook(message: Message, conn_id: str, timeout: float, handlers: list[RetryHandler]) -> SendResult:
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+def _redacted(result: SendResult, secrets: Iterable[str]) -> SendResult:
+    return replace(result, error=redact(result.error, secrets)) if result.error else result
 
-    hook = SlackWebhookHook(slack_webhook_conn_id=conn_id, timeout=timeout, retry_handlers=handlers, logger=_CLIENT_LOG)
-    # hook.client is the WebhookClient the hook builds from the connection; hook.send() would
-    # raise on any non-200 and hide the status code we classify on.
-    resp = hook.client.send(text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False)
+
+def _post_webhook(client: Any, message: Message) -> SendResult:
+    # The hook's send() would raise on any non-200 and hide the status code we classify on.
+    resp = client.send(text=message.text, blocks=message.blocks, unfurl_links=False, unfurl_media=False)
     return classify_webhook(resp.status_code, str(resp.body or ""))
 
 
-def _send_web_api(
-    message: Message, conn_id: str, channel: str, timeout: float, handlers: list[RetryHandler]
-) -> SendResult:
-    from airflow.providers.slack.hooks.slack import SlackHook
+def _post_web_api(client: Any, channel: str, message: Message) -> SendResult:
     from slack_sdk.errors import SlackApiError
 
-    hook = SlackHook(slack_conn_id=conn_id, timeout=timeout, retry_handlers=handlers, logger=_CLIENT_LOG)
     body = {
         "channel": channel,
         "text": message.text,
@@ -510,7 +672,7 @@ def _send_web_api(
         "unfurl_media": False,
     }
     try:
-        resp = hook.call("chat.postMessage", json=body)
+        resp = client.api_call("chat.postMessage", json=body)
     except SlackApiError as err:
         data = err.response.data if isinstance(err.response.data, dict) else {}
         return classify_web_api(err.response.status_code, str(data.get("error") or "unknown_error"))
@@ -518,47 +680,62 @@ def _send_web_api(
     return SendResult(ok=True, reply=json.dumps(reply))
 
 
-# chat.postMessage errors worth retrying; for the last two Slack says part of the operation may
-# already have succeeded, so a retry may duplicate the post.
-_API_RETRYABLE = {"ratelimited", "rate_limited", "service_unavailable", "request_timeout"}
-_API_MAYBE_DONE = {"internal_error", "fatal_error"}
+# Slack rejected this one message; every other code (channel_not_found, not_in_channel,
+# invalid_auth, token_revoked, account_inactive, webhook no_service/invalid_token, codes we do
+# not know...) is taken as a configuration error: it stops delivery, and nothing is lost.
+MESSAGE_ERRORS = frozenset(
+    {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "invalid_payload", "no_text", "too_many_attachments"}
+)
+# chat.postMessage errors worth retrying; for the "maybe" ones Slack says part of the operation
+# may already have succeeded, so the re-send is marked a possible duplicate.
+_API_RETRYABLE = frozenset({"ratelimited", "rate_limited", "service_unavailable", "request_timeout"})
+_API_MAYBE_DONE = frozenset({"internal_error", "fatal_error"})
+_GATEWAY = frozenset({502, 504})  # a proxy gave up waiting: Slack may have posted behind it
 
 
 def classify_webhook(status: int, body: str) -> SendResult:
-    """Outcome of an incoming-webhook POST by HTTP status (bodies are short error codes)."""
+    """Outcome of an incoming-webhook POST by HTTP status and its short error-code body."""
     if status == 200:
         return SendResult(ok=True, reply=body.strip()[:200] or "ok")
-    error = f"HTTP {status}: {body.strip()[:200]}"
-    return SendResult(ok=False, error=error, retryable=status == 429 or status >= 500)
+    code = body.strip()[:200]
+    error = f"HTTP {status}: {code}"
+    if status == 429 or status >= 500:
+        return SendResult(ok=False, error=error, retryable=True, maybe_delivered=status in _GATEWAY)
+    if status == 400 and code in MESSAGE_ERRORS:
+        return SendResult(ok=False, error=error)
+    return _config_error(error)
 
 
 def classify_web_api(status: int, error: str) -> SendResult:
     """Outcome of a failed chat.postMessage by status and Slack's ``error`` code."""
     text = f"HTTP {status}: {error}"
-    if error in _API_MAYBE_DONE:
+    if error in _API_MAYBE_DONE or status in _GATEWAY:
         return SendResult(ok=False, error=text, retryable=True, maybe_delivered=True)
-    retryable = status == 429 or status >= 500 or error in _API_RETRYABLE
-    return SendResult(ok=False, error=text, retryable=retryable)
+    if status == 429 or status >= 500 or error in _API_RETRYABLE:
+        return SendResult(ok=False, error=text, retryable=True)
+    if error in MESSAGE_ERRORS:
+        return SendResult(ok=False, error=text)
+    return _config_error(text)
 
 
 def classify_exception(err: BaseException) -> SendResult:
     """Outcome of an exception from the HTTP call.
 
-    urllib wraps failures while connecting or sending in ``URLError``: nothing was posted. A
-    timeout, reset or broken answer after that means Slack may have posted the message.
+    urllib wraps failures while connecting or sending in ``URLError``, and rejects a malformed
+    URL (``InvalidURL``, other ``ValueError``) before sending: nothing was posted. A timeout,
+    reset or broken answer after that means Slack may have posted the message; so may anything
+    we do not recognise, which also stops delivery until someone looks.
     """
     name = type(err).__name__
     if isinstance(err, URLError):
         return SendResult(ok=False, error=f"{name}: {err.reason}", retryable=True)
-    if isinstance(err, (TimeoutError, ConnectionError, http.client.HTTPException)):
+    if isinstance(err, JSONDecodeError):  # an answer came back, unreadable
         return SendResult(ok=False, error=f"{name}: {err}", retryable=True, maybe_delivered=True)
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    if isinstance(err, AirflowNotFoundException):
+    if isinstance(err, (http.client.InvalidURL, ValueError)):
         return _config_error(f"{name}: {err}")
-    if isinstance(err, OSError):
+    if isinstance(err, (OSError, http.client.HTTPException)):
         return SendResult(ok=False, error=f"{name}: {err}", retryable=True, maybe_delivered=True)
-    return SendResult(ok=False, error=f"{name}: {err}", retryable=False)
+    return replace(_config_error(f"{name}: {err}"), maybe_delivered=True)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
