@@ -27,7 +27,7 @@ def baseline_update() -> None:
         task_id="wait_for_last_hour",
         external_dag_id="cloudtrail_ingest",
         external_task_id="ingest",
-        execution_delta=pendulum.duration(hours=-23),  # the ingest of [23:00, 24:00) of the same day
+        execution_date_fn=glue.ingest_run_date,  # the ingest of [23:00, 24:00) before this run's midnight
         allowed_states=["success"],
         failed_states=["failed"],
         mode="reschedule",

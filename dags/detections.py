@@ -27,6 +27,7 @@ def detections() -> None:
         task_id="wait_for_ingest",
         external_dag_id="cloudtrail_ingest",
         external_task_id="ingest",
+        execution_date_fn=glue.ingest_run_date,  # the ingest of the hour ending at T, manual runs too
         allowed_states=["success"],
         failed_states=["failed"],
         mode="reschedule",

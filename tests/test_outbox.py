@@ -35,7 +35,7 @@ from test_detections import BR, RU, A, C, World, assume_role, provision
 from trailguard import airflow_glue, outbox, slack
 from trailguard.outbox import DeliveryReport, deliver_pending
 from trailguard.settings import Settings
-from trailguard.store import StateStore, alerts, now
+from trailguard.store import REPLAYED, StateStore, alerts, now
 
 LAKE = "s3://trailguard-lake/prod"
 HORIZON = timedelta(days=1)
@@ -178,9 +178,9 @@ def test_a_slack_setup_error_stops_the_run_and_keeps_every_alert(
 
 
 def test_replayed_alerts_are_never_delivered(state: StateStore, fake_slack: FakeSlack, slack_webhook_conn: str) -> None:
-    replayed = insert(state, 1, status=outbox.REPLAYED)
+    replayed = insert(state, 1, status=REPLAYED)
     assert run(state, slack_webhook_conn) == DeliveryReport()
-    assert fake_slack.posts() == [] and rows(state)[replayed]["status"] == outbox.REPLAYED
+    assert fake_slack.posts() == [] and rows(state)[replayed]["status"] == REPLAYED
 
 
 def test_failed_alerts_are_reported_and_can_be_requeued(

@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 from trailguard.derive import ROW_BUILDERS
+from trailguard.detect import read_columns
 from trailguard.settings import Settings
-from trailguard.specs import PLACEHOLDER, ROW_FIELDS, SpecError, load_spec, load_specs, render_message
+from trailguard.specs import (
+    ALLOW_FIELDS,
+    PLACEHOLDER,
+    ROW_FIELDS,
+    SpecError,
+    load_spec,
+    load_specs,
+    render_message,
+)
 
 SPEC_DIR = Path(Settings().detections_dir)
 SPEC_FILES = sorted(SPEC_DIR.glob("*.yml"))
@@ -36,6 +45,42 @@ def test_spec_invariants(path: Path) -> None:
     rendered = render_message(spec, row)
     assert "$" not in rendered and "VALUE" in rendered
     assert set(PLACEHOLDER.findall(spec.message)) == set(spec.placeholders)
+    assert "raw" not in read_columns(spec)  # baselines and windows never read the raw JSON
+    assert {rule.field for rule in spec.allow} <= ALLOW_FIELDS
+    assert set(spec.baseline_attrs) <= ROW_FIELDS
+    assert spec.list_known_as is None or len(spec.key) == 1
+
+
+def spec_with(tmp_path: Path, **change) -> Path:
+    doc = yaml.safe_load(SPEC_FILES[0].read_text())
+    doc.update(change)
+    path = tmp_path / "changed.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("event", "allowed"),
+    [
+        ({"source_ip": "203.0.113.9"}, True),
+        ({"source_ip": "::ffff:203.0.113.9"}, True),  # IPv4-mapped IPv6 is the IPv4 address
+        ({"source_ip": "203.0.114.1"}, False),
+        ({"source_ip": "2001:db8:1::5"}, True),
+        ({"source_ip": "ec2.amazonaws.com"}, False),
+        ({"user_arn": "arn:aws:iam::111122223333:role/terraform-ci"}, True),
+        ({"user_arn": "arn:aws:iam::111122223333:role/Terraform-ci"}, False),  # globs are case-sensitive
+        ({"user_agent": "Boto3/1.34 terraform"}, True),
+        ({"user_agent": None}, False),
+    ],
+)
+def test_allow_list_matches_cidrs_and_globs(tmp_path: Path, event: dict, allowed: bool) -> None:
+    allow = {
+        "source_ip": ["203.0.113.0/24", "2001:db8:1::/48"],
+        "user_arn": ["arn:aws:iam::*:role/terraform-*"],
+        "user_agent": ["*terraform*"],
+    }
+    spec = load_spec(spec_with(tmp_path, allow=allow))
+    assert spec.allows(event) is allowed
 
 
 def test_ids_are_unique() -> None:
@@ -53,12 +98,15 @@ def test_ids_are_unique() -> None:
         ({"risk": {"score": 99, "impact": 70, "confidence": 60}}, "risk score"),
         ({"id": "not-a-uuid"}, "badly formed"),
         ({"surprise": 1}, r"unknown \['surprise'\]"),
+        ({"allow": ["user_arn"]}, "allow: a mapping"),
+        ({"allow": {"raw": ["*"]}}, "allow: unknown field 'raw'"),
+        ({"allow": {"user_arn": []}}, "allow.user_arn: a non-empty list"),
+        ({"allow": {"source_ip": ["10.0.0.0/33"]}}, "allow.source_ip"),
+        ({"allow": {"source_ip": ["ec2.amazonaws.com"]}}, "allow.source_ip"),
+        ({"baseline_attrs": ["planet"]}, "baseline_attrs: unknown"),
+        ({"list_known_as": "known_pairs"}, "one-field key"),  # this spec's key has two fields
     ],
 )
 def test_a_broken_spec_is_refused_with_the_reason(tmp_path: Path, change: dict, message: str) -> None:
-    doc = yaml.safe_load(SPEC_FILES[0].read_text())
-    doc.update(change)
-    path = tmp_path / "broken.yml"
-    path.write_text(yaml.safe_dump(doc))
     with pytest.raises(SpecError, match=message):
-        load_spec(path)
+        load_spec(spec_with(tmp_path, **change))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -54,6 +53,8 @@ def test_partition_lease_records_rows_and_latest_delivery(state: StateStore) -> 
         lease.rows, lease.max_delivered_at = 5, utc(2026, 11, 20, 14, 5)
     with state.partition_lock("2026-11-20T12") as lease:
         lease.rows, lease.max_delivered_at = 2, utc(2026, 11, 20, 12, 10)
-    assert state.partitions_delivered_after(None) == ["2026-11-20T12", "2026-11-20T13"]
-    assert state.partitions_delivered_after(utc(2026, 11, 20, 13)) == ["2026-11-20T13"]
-    assert state.partitions_delivered_after(utc(2026, 11, 20, 14, 5) + timedelta(seconds=1)) == []
+    assert sorted(state.partition_versions("2026-11-20T14")) == ["2026-11-20T12", "2026-11-20T13"]
+    assert sorted(state.partition_versions("2026-11-20T13")) == ["2026-11-20T12"]
+    assert sorted(state.partition_versions("2026-11-20T14", start="2026-11-20T13")) == ["2026-11-20T13"]
+    late = state.partition_versions("2026-11-20T14", start="2026-11-20T14", delivered_since=utc(2026, 11, 20, 13))
+    assert sorted(late) == ["2026-11-20T13"]

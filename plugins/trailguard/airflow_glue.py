@@ -59,9 +59,12 @@ def interval(context: dict[str, Any], default_hours: int = 1) -> tuple[datetime,
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if start is not None and end is not None and end > start:
         return start, end
-    after = context["dag_run"].run_after
-    end = after.replace(minute=0, second=0, microsecond=0)
+    end = _on_the_hour(context["dag_run"].run_after)
     return end - timedelta(hours=default_hours), end
+
+
+def _on_the_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def ingest_interval(context: dict[str, Any]) -> dict[str, Any]:
@@ -143,3 +146,22 @@ def _parse_at(value: str | None) -> datetime | None:
     from trailguard.settings import _datetime
 
     return _datetime(value) if value else None
+
+
+def ingest_run_date(_logical_date: datetime, **context: Any) -> datetime:
+    """``ExternalTaskSensor.execution_date_fn``: the logical date of the cloudtrail_ingest run of the
+    hour that ends at this run's T (the hourly detections' and the daily update's alike).
+
+    - scheduled and backfill runs (logical date = interval start): the scheduled ingest run of
+      [T - 1h, T), whose logical date is its start;
+    - manual runs without a logical date (Airflow 3's default): T is ``run_after`` on the hour, as
+      ``interval`` computes it, and the run waits for that hour's scheduled ingest;
+    - runs triggered with a logical date (``dag.test``, the UI): the ingest run triggered with the
+      same logical date, whose interval ends at the same T.
+    """
+    run = context["dag_run"]
+    if run.logical_date is None:
+        return _on_the_hour(run.run_after) - timedelta(hours=1)
+    if run.logical_date == context.get("data_interval_start"):
+        return context["data_interval_end"] - timedelta(hours=1)
+    return run.logical_date

@@ -13,9 +13,8 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
-
-import orjson
 
 from trailguard.geoip import Geo, GeoIP
 
@@ -51,19 +50,29 @@ class Derived:
 
 def source_ip_class(value: str | None) -> str:
     """What a ``sourceIPAddress`` is: only public addresses have a meaningful country."""
+    return classify_source(value)[0]
+
+
+@lru_cache(maxsize=65_536)
+def classify_source(value: str | None) -> tuple[str, str | None]:
+    """(class, address to locate). An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) is its IPv4
+    address; leading zeros (``035.1.2.3``, octal to some parsers) are invalid. Cached: a day of
+    CloudTrail has few distinct sources."""
     if not value:
-        return INVALID
+        return INVALID, None
     if value == "AWS Internal":
-        return AWS_INTERNAL
-    if value.endswith(".amazonaws.com") or value.endswith(".amazonaws.com.cn"):
-        return AWS_SERVICE
+        return AWS_INTERNAL, None
+    if value.lower().endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return AWS_SERVICE, None
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        return INVALID
+        return INVALID, None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     if not ip.is_global or ip.is_multicast:
-        return PRIVATE
-    return PUBLIC_IPV4 if ip.version == 4 else PUBLIC_IPV6
+        return PRIVATE, None
+    return (PUBLIC_IPV4 if ip.version == 4 else PUBLIC_IPV6), str(ip)
 
 
 def account_of_arn(arn: str | None) -> str | None:
@@ -159,10 +168,12 @@ def _geo_fields(geo: Geo | None) -> dict[str, Any]:
 
 def _common(row: dict[str, Any], geo: GeoIP) -> dict[str, Any]:
     src = row.get("source_ip")
-    located = geo.lookup(src) if source_ip_class(src) in {PUBLIC_IPV4, PUBLIC_IPV6} else None
+    address = classify_source(src)[1]
+    located = geo.lookup(address) if address else None
     return {
         "event_id": row["event_id"],
         "event_time": row["event_time"],
+        "delivered_at": row["delivered_at"],
         "event_name": row.get("event_name"),
         "aws_region": row.get("aws_region"),
         "recipient_account_id": row.get("recipient_account_id"),
@@ -222,11 +233,12 @@ def cross_account_rows(events: Iterable[dict[str, Any]], geo: GeoIP) -> Derived:
     return out
 
 
-PROVISIONING_COLUMNS = [*BASE_COLUMNS, "raw"]
+PROVISIONING_COLUMNS = BASE_COLUMNS
 
 
 def provisioning_rows(events: Iterable[dict[str, Any]], geo: GeoIP) -> Derived:
-    """One row per provisioning call whose source IP has a GeoIP country."""
+    """One row per provisioning call whose source IP has a GeoIP country. The created object
+    comes from the raw record, so only alert rows get it (``provisioning_alert_fields``)."""
     out = Derived()
     for row in events:
         ip_class = source_ip_class(row.get("source_ip"))
@@ -237,11 +249,10 @@ def provisioning_rows(events: Iterable[dict[str, Any]], geo: GeoIP) -> Derived:
         if common["country"] is None:
             out.not_evaluated["source IP not in the GeoIP database"] += 1
             continue
-        record = orjson.loads(row["raw"]) if row.get("raw") else {}
         out.rows.append(
             {
                 **common,
-                "object": created_object(row.get("event_name"), record),
+                "object": None,
                 "requesting_account_id": None,
                 "requested_account_id": None,
                 "role_arn": None,
@@ -251,8 +262,21 @@ def provisioning_rows(events: Iterable[dict[str, Any]], geo: GeoIP) -> Derived:
     return out
 
 
-RowBuilder = Callable[[Iterable[dict[str, Any]], GeoIP], Derived]
-ROW_BUILDERS: dict[str, tuple[RowBuilder, list[str]]] = {
-    "cross_account": (cross_account_rows, CROSS_ACCOUNT_COLUMNS),
-    "provisioning": (provisioning_rows, PROVISIONING_COLUMNS),
+def provisioning_alert_fields(row: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    return {"object": created_object(row.get("event_name"), record)}
+
+
+@dataclass(frozen=True)
+class RowBuilder:
+    """Candidate rows from a spec's events, the lake columns that takes, and (optionally) the
+    fields only an alert shows, from the raw record: baselines never read ``raw``."""
+
+    build: Callable[[Iterable[dict[str, Any]], GeoIP], Derived]
+    columns: tuple[str, ...]
+    alert_fields: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+
+
+ROW_BUILDERS: dict[str, RowBuilder] = {
+    "cross_account": RowBuilder(cross_account_rows, tuple(CROSS_ACCOUNT_COLUMNS)),
+    "provisioning": RowBuilder(provisioning_rows, tuple(PROVISIONING_COLUMNS), provisioning_alert_fields),
 }

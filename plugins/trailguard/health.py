@@ -34,9 +34,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from trailguard.outbox import FAILED, PENDING, REPLAYED, SENDING
 from trailguard.slack import POSSIBLE_DUPLICATE, Message, SendResult, redact, render_ops
 from trailguard.store import (
+    FAILED,
+    PENDING,
+    REPLAYED,
+    SENDING,
     WHOLE_OBJECT,
     StateStore,
     alerts,

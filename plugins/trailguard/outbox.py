@@ -48,12 +48,10 @@ from sqlalchemy.engine import Connection, Row
 
 from trailguard import store
 from trailguard.slack import Message, SendResult, render_alert, render_digest
-from trailguard.store import StateStore, alerts
+from trailguard.store import DIGESTED, FAILED, PENDING, SENDING, SENT, StateStore, alerts
 
 log = logging.getLogger(__name__)
 
-PENDING, SENDING, SENT, DIGESTED, FAILED = "pending", "sending", "sent", "digested", "failed"
-REPLAYED = "replayed"  # stored by ``trailguard replay`` without --notify: never delivered
 STALE_CLAIM = timedelta(minutes=15)  # far above one send: timeout x (1 + retries) + Retry-After
 DIGEST_LIMIT = 5000  # alerts per digest message (bounded memory; a digest lists the top 20)
 DIGEST_POSTS = 32  # digest posts per call, splits included: enough to isolate a rejected alert in 5000

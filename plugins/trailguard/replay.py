@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from trailguard.detect import Alert, Engine, snap_h
 from trailguard.specs import Spec
+from trailguard.store import REPLAYED
 
 
 def schedule(start: datetime, end: datetime) -> Iterator[datetime]:
@@ -17,11 +18,14 @@ def schedule(start: datetime, end: datetime) -> Iterator[datetime]:
         at += timedelta(hours=1)
 
 
-def replay(engine: Engine, specs: list[Spec], start: datetime, end: datetime) -> Iterator[Alert]:
-    """At each midnight the daily baseline update, then at each hour every detection."""
+def replay(
+    engine: Engine, specs: list[Spec], start: datetime, end: datetime, status: str = REPLAYED
+) -> Iterator[Alert]:
+    """At each midnight the daily baseline update, then at each hour every detection. Alerts go to
+    the ledger as ``status``: 'replayed' (never delivered) unless the caller wants them sent."""
     for at in schedule(start, end):
         if at.hour == 0:
             for spec in specs:
                 engine.baseline_update(spec, at)
         for spec in specs:
-            yield from engine.detect(spec, at).alerts
+            yield from engine.detect(spec, at, status).alerts

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,15 @@ ROW_FIELDS = frozenset(
         "event_id", "event_time", "event_name", "aws_region", "recipient_account_id", "user", "user_arn",
         "src", "country", "country_name", "city", "region", "asn", "asn_org", "object", "command",
         "requesting_account_id", "requested_account_id", "role_arn", "role_session_name", "user_agent",
+        "delivered_at",
+    }
+)  # fmt: skip
+# Lake columns an allow-list may match: source_ip against CIDRs, the others against globs.
+ALLOW_FIELDS = frozenset(
+    {
+        "source_ip", "user_arn", "user_name", "user_account_id", "user_type", "principal_id", "access_key_id",
+        "invoked_by", "session_issuer_arn", "session_issuer_user_name", "recipient_account_id", "aws_region",
+        "user_agent", "request_role_arn", "assumed_role_arn", "role_session_name", "event_source", "event_name",
     }
 )  # fmt: skip
 ATTACK_ID = re.compile(r"^T\d{4}(\.\d{3})?$")
@@ -26,11 +37,38 @@ REQUIRED = {
     "id", "name", "description", "mitre_attack", "risk", "message", "placeholders", "events", "rows",
     "key", "baseline_key", "context", "window_hours", "baseline",
 }  # fmt: skip
-OPTIONAL = {"escu_baselines", "references"}
+OPTIONAL = {"escu_baselines", "references", "allow", "baseline_attrs", "list_known_as"}
 
 
 class SpecError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One ``allow:`` entry: events whose ``field`` matches any pattern are skipped before keying."""
+
+    field: str
+    patterns: tuple[str, ...]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        value = event.get(self.field)
+        if not value:
+            return False
+        if self.networks:
+            address = _address(value)
+            return address is not None and any(address in n for n in self.networks)
+        return any(fnmatchcase(value, p) for p in self.patterns)
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a source IP names (an IPv4-mapped IPv6 one as IPv4); None for a service name."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
 
 
 @dataclass(frozen=True)
@@ -57,10 +95,17 @@ class Spec:
     forget_days: int
     max_age_hours: int
     path: str
+    allow: tuple[AllowRule, ...] = ()
+    baseline_attrs: tuple[str, ...] = ()  # row fields a baseline row keeps from its first sight
+    list_known_as: str | None = None  # alert field listing the key values known before the window
 
     @property
     def slug(self) -> str:
         return Path(self.path).stem
+
+    def allows(self, event: dict[str, Any]) -> bool:
+        """True when the allow-list says to skip this event."""
+        return any(rule.matches(event) for rule in self.allow)
 
 
 def load_specs(folder: str | Path) -> list[Spec]:
@@ -112,6 +157,12 @@ def _spec(doc: Any, path: str) -> Spec:
     events, baseline = doc["events"], doc["baseline"]
     if not events["event_names"]:
         raise ValueError("events.event_names is empty")
+    attrs = tuple(doc.get("baseline_attrs") or ())
+    if set(attrs) - ROW_FIELDS:
+        raise ValueError(f"baseline_attrs: unknown fields {sorted(set(attrs) - ROW_FIELDS)}")
+    list_known_as = doc.get("list_known_as")
+    if list_known_as is not None and (len(doc["key"]) != 1 or not str(list_known_as).isidentifier()):
+        raise ValueError("list_known_as needs a one-field key and an identifier as the alert field name")
     return Spec(
         id=doc["id"],
         name=doc["name"],
@@ -135,7 +186,33 @@ def _spec(doc: Any, path: str) -> Spec:
         forget_days=int(baseline["forget_days"]),
         max_age_hours=int(baseline["max_age_hours"]),
         path=path,
+        allow=_allow_rules(doc.get("allow")),
+        baseline_attrs=attrs,
+        list_known_as=list_known_as,
     )
+
+
+def _allow_rules(block: Any) -> tuple[AllowRule, ...]:
+    """``allow: {field: [pattern, ...]}``; source_ip patterns are CIDRs (or single addresses)."""
+    if block is None:
+        return ()
+    if not isinstance(block, dict):
+        raise ValueError("allow: a mapping of field -> list of patterns")
+    rules = []
+    for name, patterns in block.items():
+        if name not in ALLOW_FIELDS:
+            raise ValueError(f"allow: unknown field {name!r}; allowed: {sorted(ALLOW_FIELDS)}")
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"allow.{name}: a non-empty list of strings")
+        if name == "source_ip":
+            try:
+                networks = tuple(ipaddress.ip_network(p, strict=False) for p in patterns)
+            except ValueError as exc:
+                raise ValueError(f"allow.source_ip: {exc}") from None
+            rules.append(AllowRule(name, tuple(patterns), networks))
+        else:
+            rules.append(AllowRule(name, tuple(patterns)))
+    return tuple(rules)
 
 
 def render_message(spec: Spec, row: dict[str, Any]) -> str:

@@ -54,6 +54,7 @@ objects = sa.Table(
     sa.Column("processed_at", UTCDateTime, nullable=False),
     sa.Index("ix_objects_account_region_delivered", "account_id", "region", "delivered_at"),
     sa.Index("ix_objects_processed_at", "processed_at"),
+    sa.Index("ix_objects_delivered_at", "delivered_at"),
 )
 
 quarantine = sa.Table(
@@ -87,6 +88,8 @@ baselines = sa.Table(
     sa.Column("last_seen", UTCDateTime, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("attrs", sa.Text, nullable=False),  # JSON: what was known at first sight (e.g. geography)
+    # The earliest max(event time, delivered_at) over its occurrences: from then on it was known.
+    sa.Column("visible_from", UTCDateTime, nullable=False),
     sa.Index("ix_baselines_alert_key", "detection_id", "alert_key"),
 )
 
@@ -108,7 +111,7 @@ alerts = sa.Table(
     sa.Column("fired_at", UTCDateTime, nullable=False),  # the evaluation time T
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),  # the alert as JSON (see detect.Alert.as_dict)
-    sa.Column("status", sa.String(16), nullable=False),  # pending / sent / digested / failed
+    sa.Column("status", sa.String(16), nullable=False),  # pending / sent / digested / failed / replayed
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
     sa.Column("slack_reply", sa.Text),
@@ -136,6 +139,9 @@ health_incidents = sa.Table(
 
 # Object ledger statuses.
 DONE, QUARANTINED, SKIPPED, VANISHED = "done", "quarantined", "skipped", "vanished"
+# Alert ledger statuses (docs/alerts.md): a detection writes 'pending', or 'replayed' (never
+# delivered) for `trailguard replay`; delivery moves 'pending' through 'sending' to the others.
+PENDING, SENDING, SENT, DIGESTED, FAILED, REPLAYED = "pending", "sending", "sent", "digested", "failed", "replayed"
 WHOLE_OBJECT = -1
 
 
@@ -274,13 +280,34 @@ class StateStore:
                     .values(rows=lease.rows, max_delivered_at=lease.max_delivered_at, updated_at=now())
                 )
 
-    def partitions_delivered_after(self, watermark: datetime | None) -> list[str]:
-        """Partitions holding events delivered after ``watermark`` (all when None)."""
-        q = sa.select(lake_partitions.c.partition).where(lake_partitions.c.rows > 0)
-        if watermark is not None:
-            q = q.where(lake_partitions.c.max_delivered_at > watermark)
+    def partition_versions(
+        self, end: str, start: str | None = None, delivered_since: datetime | None = None
+    ) -> dict[str, datetime]:
+        """partition -> when it was last written, for the partitions with events before event hour
+        ``end`` whose hour is at or after ``start`` or that hold deliveries at or after
+        ``delivered_since`` (every partition before ``end`` when neither is given)."""
+        c = lake_partitions.c
+        wanted = [c.partition >= start] if start is not None else []
+        if delivered_since is not None:
+            wanted.append(c.max_delivered_at >= delivered_since)
+        q = sa.select(c.partition, c.updated_at).where(c.rows > 0, c.partition < end)
+        if wanted:
+            q = q.where(sa.or_(*wanted))
         with self.engine.connect() as conn:
-            return sorted(conn.execute(q).scalars())
+            return dict(conn.execute(q).all())
+
+    def objects_to_merge(
+        self, previous: datetime, at: datetime, merged_until: datetime, now: datetime
+    ) -> dict[str, datetime]:
+        """uri -> delivered_at of the ingested objects a baseline update at ``at`` merges: delivered
+        before ``at`` and processed by ``now``, and not merged by the previous update (at
+        ``previous``, snapshot ``merged_until``): delivered since ``previous``, or processed later."""
+        c = objects.c
+        done = sa.select(c.uri, c.delivered_at).where(c.status == DONE, c.processed_at <= now)
+        recent = done.where(c.delivered_at >= previous, c.delivered_at < at)
+        late = done.where(c.delivered_at < previous, c.processed_at > merged_until)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(recent).all()) | dict(conn.execute(late).all())
 
     def first_partition(self, since: str) -> str | None:
         """The earliest lake partition at or after ``since`` that holds events."""
