@@ -11,10 +11,11 @@ RUN mkdir -p /opt/airflow/lake /opt/airflow/include \
 # The official image wants extra packages installed as the airflow user (its pip refuses root).
 USER airflow
 
-# requirements.txt is a full freeze of a working environment and pins apache-airflow==3.3.2,
-# the version this image already has, so pip keeps Airflow where it is and only adds or moves
-# the other pins. The freeze acts as our constraints file. An alternative, if the list is ever
-# reduced to top-level names, is Airflow's own constraints for this version and Python:
+# requirements.txt is a full freeze of what trailguard needs at run time and pins
+# apache-airflow==3.3.2, the version this image already has, so pip keeps Airflow where it is and
+# only adds or moves the other pins. The freeze acts as our constraints file. Development tools
+# (pytest, ruff, moto) are in requirements-dev.txt and stay out of this image. An alternative, if
+# the list is ever reduced to top-level names, is Airflow's own constraints for this version and Python:
 #   pip install -r requirements.txt \
 #     --constraint https://raw.githubusercontent.com/apache/airflow/constraints-3.3.2/constraints-3.11.txt
 # Providers the image ships (celery, fab, postgres, redis, ...) stay installed; the compose

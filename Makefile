@@ -7,10 +7,10 @@ BIN    := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
@@ -25,6 +25,7 @@ airflow: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/detect.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,11 +1,14 @@
-"""Backfill as users run it: ``airflow backfill create`` against a real scheduler gives the same
-lake and alert ledger as hourly live runs over the same hours.
+"""Backfill as users run it, against a real scheduler: the history ingested by one range run of
+``cloudtrail_ingest``, ``airflow backfill create`` for ``cloudtrail_ingest`` over the range, then a
+``baseline_initial`` run, then ``airflow backfill create`` for ``detections``. It gives the same lake
+and alert ledger as hourly live runs over the same hours, and Slack gets digests, not one post per alert.
 
 A real scheduler, because ``backfill create`` only writes queued DagRun rows: the scheduler runs
 them (LocalExecutor), and in Airflow 3 every task talks to the api-server's Execution API. The
 components run in their own AIRFLOW_HOME (SQLite); ``airflow dags reserialize`` serializes the
-DAGs, so no dag-processor is needed. The live side is the hourly ``dag.test()`` sequence the
-scheduler would produce, into a second lake and state store.
+DAGs, so no dag-processor is needed. The live side is the same DAGs through ``dag.test()``: the
+history run, baseline_initial, then the hourly sequence the scheduler would produce, into a second
+lake and state store.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -29,19 +33,13 @@ from pathlib import Path
 import duckdb
 import pytest
 from builders import record, utc, write_log
-from fake_slack import FakeSlack, fake_slack_fixture  # ruff: ignore[unused-import] - registers the fixture
+from fake_slack import WEBHOOK_PATH, FakeSlack, fake_slack_fixture  # ruff: ignore[unused-import] - the fixture
 from test_detections import BR, DE, GB, A, B, C, assume_role, iso, provision
-from trailguard.detect import Engine
-from trailguard.geoip import GeoIP
-from trailguard.ingest import ingest
-from trailguard.lake import Lake
-from trailguard.settings import Settings
-from trailguard.sources import LocalStore
-from trailguard.specs import load_specs
-from trailguard.store import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
+HISTORY_START = utc(2026, 10, 1)  # the history (one range run of cloudtrail_ingest) is [HISTORY_START, T0)
 T0 = utc(2026, 11, 20, 9)  # baselines are built here; the range is the HOURS after it
+DIGEST = re.compile(r"(\d+) alerts? from historical intervals")
 HOURS = 4
 BIN = Path(sys.executable).parent
 READY_TIMEOUT = 120  # api-server health, on a busy 2-core machine
@@ -78,9 +76,13 @@ def write_trail(source: Path) -> set[str]:
     return written
 
 
+HISTORY_CONF = {"start": HISTORY_START.isoformat(), "end": T0.isoformat()}  # cloudtrail_ingest's range params
+BASELINE_CONF = {"at": T0.isoformat(), "lookback_days": 90}
+
+
 @dataclass(frozen=True)
 class Side:
-    """One lake and state store, prepared up to T0 the same way for both sides."""
+    """One lake and state store, filled by the DAGs (one side backfilled, the other live)."""
 
     lake: Path
     db: Path
@@ -89,21 +91,8 @@ class Side:
     def url(self) -> str:
         return f"sqlite:///{self.db}"
 
-    def prepare(self, source: Path) -> None:
-        lake, state = Lake(str(self.lake)), StateStore(self.url)
-        ingest(LocalStore(source), lake, state, utc(2026, 10, 1), T0)
-        engine = Engine(lake, state, GeoIP(Settings().geoip_db))
-        for spec in load_specs(Settings().detections_dir):
-            engine.baseline_initial(spec, T0)
-        state.close()
-
     def env(self, source: Path) -> dict[str, str]:
-        return {
-            "TRAILGUARD_SOURCE": str(source),
-            "TRAILGUARD_LAKE": str(self.lake),
-            "TRAILGUARD_DB": self.url,
-            "TRAILGUARD_WORKERS": "1",  # a parser pool inside a real task re-runs the `airflow` script
-        }
+        return {"TRAILGUARD_SOURCE": str(source), "TRAILGUARD_LAKE": str(self.lake), "TRAILGUARD_DB": self.url}
 
     def event_ids(self) -> tuple[int, list[str]]:
         """(rows, sorted distinct event ids) of the lake."""
@@ -196,18 +185,19 @@ class Airflow:
             time.sleep(1)
         raise AssertionError(f"api-server not healthy within {READY_TIMEOUT} s\n{self.logs()}")
 
-    def backfill_runs(self, dag_id: str) -> list[dict]:
-        runs = self.rest(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
-        return [r for r in runs if r["run_type"] == "backfill"]
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.rest(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
 
-    def wait_for_backfill(self, dag_id: str, count: int) -> list[dict]:
+    def run_to_the_end(self, dag_id: str, count: int) -> list[dict]:
+        """Unpause ``dag_id`` and wait until its ``count`` queued runs (backfill or manual) have ended."""
+        self.unpause(dag_id)
         deadline = time.monotonic() + RUNS_TIMEOUT
         while time.monotonic() < deadline:
-            runs = self.backfill_runs(dag_id)
+            runs = self.runs(dag_id)
             if len(runs) == count and all(r["state"] in ("success", "failed") for r in runs):
                 return runs
             time.sleep(2)
-        raise AssertionError(f"{dag_id}: backfill not done in {RUNS_TIMEOUT} s: {self.backfill_runs(dag_id)}")
+        raise AssertionError(f"{dag_id}: runs not done in {RUNS_TIMEOUT} s: {self.runs(dag_id)}")
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in self.home.glob("*.log"))
@@ -242,6 +232,8 @@ def _airflow_env(home: Path, port: int, extra: dict[str, str]) -> dict[str, str]
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Only the runs the test creates: no scheduled run of the current hour beside them.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -277,14 +269,25 @@ def airflow_factory(tmp_path: Path) -> Iterator:
 
 # -- the live side ----------------------------------------------------------------------------------
 def run_live(dagbag, side: Side, source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the scheduler does each hour when it keeps up: ingest the hour, then detections."""
+    """The same DAGs when the scheduler keeps up: the history, the baseline, then each hour's
+    ingest and detections."""
     for name, value in side.env(source).items():
         monkeypatch.setenv(name, value)
+    history = dagbag.get_dag("cloudtrail_ingest").test(logical_date=T0, run_conf=HISTORY_CONF)
+    assert history.state == "success"
+    assert dagbag.get_dag("baseline_initial").test(run_conf=BASELINE_CONF).state == "success"
     for hour in range(1, HOURS + 1):
         at = T0 + timedelta(hours=hour)
         ingest_run = dagbag.get_dag("cloudtrail_ingest").test(logical_date=at, run_conf={"start": None, "end": None})
         assert ingest_run.state == "success", at
         assert dagbag.get_dag("detections").test(logical_date=at).state == "success", at
+
+
+def digested_alerts(fake_slack: FakeSlack) -> tuple[int, list[str]]:
+    """(alerts the digests announced, every message's text) of what reached the alerts webhook."""
+    texts = [json.dumps(p.body) for p in fake_slack.posts(WEBHOOK_PATH) if p.delivered and p.body]
+    counts = [int(m[1]) for m in (DIGEST.search(t) for t in texts) if m]
+    return sum(counts), texts
 
 
 @pytest.mark.e2e
@@ -295,17 +298,19 @@ def test_backfill_equals_hourly_live_runs(
     written = write_trail(source)
     backfilled = Side(tmp_path / "backfill" / "lake", tmp_path / "backfill" / "state.db")
     live = Side(tmp_path / "live" / "lake", tmp_path / "live" / "state.db")
-    for side in (backfilled, live):
-        side.prepare(source)
     slack_conn = json.dumps({"conn_type": "slackwebhook", "password": fake_slack.webhook_url})
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", slack_conn)
 
     airflow = airflow_factory({**backfilled.env(source), "AIRFLOW_CONN_SLACK_ALERTS": slack_conn})
     # The CLI writes happen before the scheduler starts: with SQLite, a CLI write that meets the
-    # scheduler's fails with "database is locked" and leaves a half-made backfill behind.
+    # scheduler's fails with "database is locked" and leaves a half-made backfill behind. Runs of
+    # paused DAGs stay queued, so unpausing one DAG at a time gives the order: ingest, baseline,
+    # detections.
     airflow.cli("dags", "reserialize")
     first, last = T0.isoformat(), (T0 + timedelta(hours=HOURS - 1)).isoformat()  # logical dates = interval starts
+    airflow.cli("dags", "trigger", "cloudtrail_ingest", "--conf", json.dumps(HISTORY_CONF))
     airflow.cli("backfill", "create", "--dag-id", "cloudtrail_ingest", "--from-date", first, "--to-date", last)
+    airflow.cli("dags", "trigger", "baseline_initial", "--conf", json.dumps(BASELINE_CONF))
     # Detections one run at a time, in order: each key alerts in the first hour that shows it.
     airflow.cli(
         "backfill",
@@ -320,19 +325,21 @@ def test_backfill_equals_hourly_live_runs(
         "1",
     )
     airflow.start_components()
-    # Backfill runs of a paused DAG stay queued. Detections are unpaused once the hours are
-    # ingested, so their sensors find the ingest done instead of waiting a 60 s poke interval.
-    for dag_id in ("cloudtrail_ingest", "detections"):
-        airflow.unpause(dag_id)
-        runs = airflow.wait_for_backfill(dag_id, HOURS)
+    for dag_id, count in (("cloudtrail_ingest", 1 + HOURS), ("baseline_initial", 1), ("detections", HOURS)):
+        runs = airflow.run_to_the_end(dag_id, count)
         assert {r["state"] for r in runs} == {"success"}, airflow.logs()
+    assert {r["run_type"] for r in airflow.runs("detections")} == {"backfill"}
+
+    alerts = backfilled.alerts()
+    announced, texts = digested_alerts(fake_slack)
+    assert texts and announced == len(alerts) == len(texts)  # one digest per hour that fired, nothing else
+    assert any("BR" in t for t in texts) and any(C in t for t in texts)
 
     run_live(dagbag, live, source, monkeypatch)
 
     rows, ids = backfilled.event_ids()
     assert (rows, ids) == live.event_ids()
     assert rows == len(ids) == len(written) and set(ids) == written  # every event once, the duplicate too
-    alerts = backfilled.alerts()
     assert alerts == live.alerts()
     countries = [json.loads(a[1]).get("country") for a in alerts]
     pairs = [json.loads(a[1]).get("requested_account_id") for a in alerts]

@@ -1,16 +1,19 @@
-"""``trailguard demo`` in pieces: the local Slack and its rendering, moto's lifetime, the log
-redirection, and the demo's pipeline (moto S3 -> the real DAGs -> Slack) on a short range."""
+"""``trailguard demo`` in pieces (the local Slack and its rendering, moto's lifetime, the log
+redirection, make airflow's Slack sink and instructions), then the whole command end to end."""
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import io
 import json
 import os
-import re
+import random
 import socket
 import subprocess
 import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,9 @@ from fake_slack import alert_payload
 from rich.console import Console
 from trailguard import demo, slack
 from trailguard.cli import build_parser
+from trailguard.generate import MANIFEST, generate_trail, write_records
+from trailguard.settings import PROJECT_ROOT
 
-DELIVERED = re.compile(r"_(\d{8}T\d{4}Z)_[^/]*\.json\.gz$")
 HOSTILE_MARKUP = "[blink]pwn[/blink]"  # rich markup: must be shown, never applied
 
 
@@ -140,51 +144,123 @@ def test_the_users_slack_is_used_and_the_rest_of_the_environment_is_hermetic(
 
 
 def test_the_command_and_its_limits(tmp_path: Path) -> None:
-    args = build_parser().parse_args(["demo", "--days", "10", "--dir", str(tmp_path)])
-    assert (args.days, args.dir, args.func.__name__) == (10, str(tmp_path), "cmd_demo")
+    args = build_parser().parse_args(["demo", "--days", "10", "--dir", str(tmp_path), "--live-hours", "12"])
+    assert (args.days, args.dir, args.live_hours, args.func.__name__) == (10, str(tmp_path), 12, "cmd_demo")
+    defaults = build_parser().parse_args(["demo"])
+    assert (defaults.days, defaults.events_per_hour, defaults.live_hours) == (None, None, None)  # run()'s own
+    assert demo.make_plan(tmp_path).days == demo.DEFAULT_DAYS == 30  # a month
     with pytest.raises(ValueError, match="at least 9"):
         demo.make_plan(tmp_path, days=8)
+    with pytest.raises(ValueError, match="between 4 and 48"):
+        demo.make_plan(tmp_path, live_hours=49)
 
 
-def _delivered_before(trail: Path, end_stamp: str) -> tuple[int, int]:
-    """(objects, records) among the generated files delivered before ``end_stamp`` (YYYYMMDDTHHMMZ)."""
-    objects = records = 0
-    for path in trail.rglob("*.json.gz"):
-        if DELIVERED.search(path.name)[1] < end_stamp:
-            objects += 1
-            records += len(json.loads(gzip.decompress(path.read_bytes()))["Records"])
-    return objects, records
+def test_italic_bold_and_code_render_as_slack_shows_them() -> None:
+    from rich.text import Text
+
+    text = demo.mrkdwn("Role _n/a_ by *maria* as `AWSReservedSSO_Admin_x` for snake_case_name")
+    assert isinstance(text, Text)
+    assert text.plain == "Role n/a by maria as AWSReservedSSO_Admin_x for snake_case_name"
+    styles = {text.plain[span.start : span.end]: str(span.style) for span in text.spans}
+    assert styles == {"n/a": "italic", "maria": "bold", "AWSReservedSSO_Admin_x": "cyan"}
+
+
+def test_objects_delivered_after_the_end_are_counted_as_not_yet_delivered(tmp_path: Path) -> None:
+    end = datetime(2026, 11, 20, 7, 0, tzinfo=timezone.utc)
+    rng = random.Random(1)
+    write_records(tmp_path, "111122223333", "us-east-1", end - timedelta(minutes=1), [{"eventID": "a"}], rng)
+    write_records(tmp_path, "111122223333", "us-east-1", end, [{"eventID": "b"}, {"eventID": "c"}], rng)
+    write_records(tmp_path, "111122223333", "eu-west-1", end + timedelta(minutes=9), [{"eventID": "d"}], rng)
+    assert demo.delivered_from(tmp_path, end) == (2, 3)
+
+
+def test_make_airflow_is_told_where_a_non_default_demo_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = demo.make_plan(PROJECT_ROOT / "var" / "demo")
+    assert demo.airflow_command(default) == "make airflow"
+    monkeypatch.chdir(tmp_path)
+    elsewhere = demo.make_plan(tmp_path / "d")
+    assert demo.airflow_command(elsewhere) == f"TRAILGUARD_SOURCE={elsewhere.trail} make airflow"
+
+
+def test_the_slack_sink_writes_what_it_receives_rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make airflow's Slack: a real delivery to the sink's port ends up readable in its log file."""
+    port, log, stop = _free_port(), tmp_path / "slack.log", threading.Event()
+    sink = threading.Thread(target=demo.serve_sink, args=(port, log, stop), daemon=True)
+    sink.start()
+    try:
+        conn = json.dumps({"conn_type": "slackwebhook", "password": demo.sink_url(port)})
+        monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", conn)
+        for _ in range(50):  # the thread binds the port
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            time.sleep(0.05)
+        result = slack.send(slack.render_alert(alert_payload(country=True), "var/airflow/lake"), conn_id="slack_alerts")
+        assert result.ok, result.error
+        for _ in range(50):
+            if "Previously Unseen Country" in log.read_text():
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        sink.join(timeout=5)
+    text = log.read_text()
+    assert "Slack message received" in text and "Cloud Provisioning Activity From Previously Unseen Country" in text
+    assert "81.2.69.160" in text and "\x1b[" not in text  # plain text for tail -f and editors
+    script = (PROJECT_ROOT / "scripts" / "airflow-standalone.sh").read_text()
+    assert demo.WEBHOOK_PATH in script  # the connection the script sets points where the sink listens
+
+
+def test_airflow_steps_give_the_dates_of_a_generated_trail(tmp_path: Path) -> None:
+    end = datetime(2026, 11, 20, 7, 0, tzinfo=timezone.utc)
+    trail = generate_trail(tmp_path / "trail", days=3, end=end, events_per_hour=0)
+    first = min(i.at for i in trail.incidents).replace(minute=0)
+    lines = demo.airflow_steps(trail.out)
+    text = "\n".join(lines)
+    assert f"start=2026-11-17T07:00:00Z end={first:%Y-%m-%dT%H:00:00Z}" in text
+    assert f"baseline_initial > Trigger: at={first:%Y-%m-%dT%H:00:00Z}" in text
+    assert f"from {first:%Y-%m-%dT%H:00:00Z} to 2026-11-20T06:00:00Z" in text and "max active runs 1" in text
+    assert "no trailguard-generate.json" in demo.airflow_steps(tmp_path)[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.mark.e2e
-def test_demo_pipeline_moto_to_dags_to_slack(
-    dagbag, moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """9 quiet days; history up to 14 h before the end, then 3 live hours. The role-chaining
-    incident (14 h before the end) must reach Slack; everything delivered must reach the lake."""
-    base = demo.make_plan(tmp_path, days=9)
-    plan = demo.Plan(base.root, base.end, days=9, events_per_hour=0, live_hours=14)
-    stats, incidents = demo.generate_month(plan)
-    bucket = "trailguard-demo-test"
-    assert demo.upload(moto_endpoint, bucket, plan.trail) == stats.files
+def test_the_demo_command_end_to_end(tmp_path: Path) -> None:
+    """`trailguard demo` as a user runs it, on 9 days with 12 live hours: moto_server, the real DAGs,
+    the local Slack. Exit 0, the three incidents fired and were posted, the summary's counts add up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TRAILGUARD_"))}
+    root = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "trailguard", "demo", "--dir", str(root), "--days", "9", "--live-hours", "12"],
+        env={**env, "PYTHONPATH": str(PROJECT_ROOT / "plugins")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{(root / 'demo.log').read_text()[-3000:]}"
+    out = done.stdout
+    assert out.count("\u2713 fired") == 3 and "\u2717 missed" not in out
+    assert "Slack      3 message(s) received by the local receiver" in out
+    assert "n/a" in out and "_n/a_" not in out  # Slack's _italic_ n/a rendered, not shown as underscores
 
-    with demo.SlackReceiver() as receiver:
-        for name, value in demo.pipeline_env(plan, moto_endpoint, receiver.url, bucket).items():
-            monkeypatch.setenv(name, value)
-        demo.ingest_history(dagbag, plan)
-        demo.build_baselines(dagbag, plan)
-        for at in plan.hours[:3]:
-            demo.run_hour(dagbag, at, plan.log)
-        messages = receiver.drain()
-
-    last = plan.hours[2]
-    counts = demo.ledger_counts(plan.state_url)
-    assert (counts.objects, counts.events) == _delivered_before(plan.trail, f"{last:%Y%m%dT%H%MZ}")
-
+    plan = demo.Plan(root, datetime.fromisoformat(json.loads((root / "trail" / MANIFEST).read_text())["end"]))
     alerts = demo.alert_rows(plan.state_url)
-    chained = demo.match_incidents(incidents, alerts)["role_chaining_new_account"]
-    assert chained is not None and chained.status == "sent"
-    assert chained.key == {"requesting_account_id": "161803398874", "requested_account_id": "271828182845"}
-    assert len(messages) == len(alerts) and {a.status for a in alerts} == {"sent"}
-    text = "\n".join(_text(m) for m in messages)
-    assert "161803398874 \u2192 271828182845" in text and "OrganizationAccountAccessRole" in text
+    assert sorted(json.dumps(a.key, sort_keys=True) for a in alerts) == sorted(
+        json.dumps(k, sort_keys=True)
+        for k in (
+            {"country": "BR"},
+            {"requesting_account_id": "999988887777", "requested_account_id": "271828182845"},
+            {"requesting_account_id": "161803398874", "requested_account_id": "271828182845"},
+        )
+    )
+    assert {a.status for a in alerts} == {"sent"}
+    generated = json.loads((root / "trail" / MANIFEST).read_text())
+    counts, late = demo.ledger_counts(plan.state_url), demo.delivered_from(root / "trail", plan.end)
+    assert (counts.objects + late[0], counts.events + late[1]) == (generated["objects"], generated["records"])
+    assert f"Ingested   {counts.events:,} events from {counts.objects:,} CloudTrail objects" in out

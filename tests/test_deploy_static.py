@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -414,25 +415,156 @@ def test_iam_list_bucket_is_limited_to_prefixes(name: str):
             assert pattern != "*", f"{name}: s3:prefix '*' allows listing everything"
 
 
-def test_cloudtrail_policy_reads_only_awslogs_and_decrypts_via_s3():
-    stmts = statements(iam_policy("trailguard-read-cloudtrail.json"))
-    get = [s for s in stmts if "s3:GetObject" in as_list(s["Action"])]
-    assert get
-    for stmt in get:
-        for resource in as_list(stmt["Resource"]):
-            assert resource.endswith("/AWSLogs/*"), resource
-            assert "EXAMPLE-CLOUDTRAIL-BUCKET" in resource
-    listing = next(s for s in stmts if "s3:ListBucket" in as_list(s["Action"]))
-    patterns = as_list(listing["Condition"]["StringLike"]["s3:prefix"])
-    assert "AWSLogs/*" in patterns
-    assert any(p.endswith("/AWSLogs/*") and p != "AWSLogs/*" for p in patterns)
-    assert all(p in {"", "AWSLogs/*"} or p.split("/")[0] == "EXAMPLE-TRAIL-PREFIX" for p in patterns)
-    kms = [s for s in stmts if "kms:Decrypt" in as_list(s["Action"])]
-    assert len(kms) == 1
-    assert as_list(kms[0]["Resource"])[0].startswith("arn:aws:kms:")
-    assert "111122223333" in as_list(kms[0]["Resource"])[0]
-    via = kms[0]["Condition"]["StringEquals"]["kms:ViaService"]
-    assert re.fullmatch(r"s3\.[a-z0-9-]+\.amazonaws\.com", via)
+# A small evaluator for the condition operators these policies use, so the tests can ask what a
+# request trailguard really makes is allowed to do. Identity policies with Allow only: a request is
+# allowed when one statement matches its action, resource and every condition (a missing key fails).
+TEST_BUCKET, TEST_PREFIX, TRAIL_ACCOUNT = "trail-bucket", "org-trail", "444455556666"
+KEY_ACCOUNT, TRAIL_REGION = "111122223333", "us-east-1"
+
+
+def _glob(pattern: str, value: str) -> bool:
+    return (
+        re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")).replace(r"\?", "."), value) is not None
+    )
+
+
+def _condition_holds(operator: str, key: str, expected: str | list[str], context: dict[str, str]) -> bool:
+    if key not in context:
+        return False
+    match = {"StringEquals": str.__eq__, "StringLike": _glob}[operator]
+    return any(match(pattern, context[key]) for pattern in as_list(expected))
+
+
+def allowed(policy: dict, action: str, resource: str, context: dict[str, str] | None = None) -> bool:
+    context = context or {}
+    for stmt in statements(policy):
+        if action not in as_list(stmt["Action"]) or not any(_glob(r, resource) for r in as_list(stmt["Resource"])):
+            continue
+        conditions = stmt.get("Condition", {})
+        if all(_condition_holds(op, k, v, context) for op, block in conditions.items() for k, v in block.items()):
+            return True
+    return False
+
+
+def filled_read_policy() -> dict:
+    """The read policy with its placeholders filled in, as a user would before attaching it."""
+    text = (IAM_DIR / "trailguard-read-cloudtrail.json").read_text()
+    for placeholder, value in {
+        "EXAMPLE-CLOUDTRAIL-BUCKET": TEST_BUCKET,
+        "EXAMPLE-TRAIL-PREFIX": TEST_PREFIX,
+        "EXAMPLE-1111-2222-3333-KEYID": "1234abcd-12ab-34cd-56ef-1234567890ab",
+    }.items():
+        text = text.replace(placeholder, value)
+    return json.loads(text)
+
+
+def can_list(policy: dict, prefix: str, delimiter: str | None = "/") -> bool:
+    context = {"s3:prefix": prefix, **({"s3:delimiter": delimiter} if delimiter else {})}
+    return allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{TEST_BUCKET}", context)
+
+
+def can_get(policy: dict, key: str) -> bool:
+    return allowed(policy, "s3:GetObject", f"arn:aws:s3:::{TEST_BUCKET}/{key}")
+
+
+def test_the_policy_evaluator_itself():
+    policy = {
+        "Statement": [
+            {
+                "Action": "s3:ListBucket",
+                "Resource": "arn:aws:s3:::b",
+                "Condition": {"StringLike": {"s3:prefix": ["AWSLogs/*"]}, "StringEquals": {"s3:delimiter": "/"}},
+            }
+        ]
+    }
+    assert allowed(policy, "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "AWSLogs/1/", "s3:delimiter": "/"})
+    assert not allowed(policy, "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "AWSLogs/1/"})  # key missing
+    assert not allowed(policy, "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "other/", "s3:delimiter": "/"})
+    assert not allowed(policy, "s3:GetObject", "arn:aws:s3:::b", {"s3:prefix": "AWSLogs/", "s3:delimiter": "/"})
+    assert _glob("a*c", "abbc") and not _glob("a*c", "abcd") and _glob("a?c", "abc")
+
+
+def _recorded_requests(layout: list[str], source: str) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(Prefix, Delimiter) of every S3 listing trailguard's discovery and listing make for ``source``
+    over a bucket holding ``layout``, and the keys it would then read (moto in-process)."""
+    import boto3
+    from moto import mock_aws
+    from trailguard.sources import list_objects, open_store
+
+    listings: list[tuple[str, str | None]] = []
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=TEST_BUCKET)
+        for key in layout:
+            client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"x")
+        client.meta.events.register(
+            "provide-client-params.s3.ListObjectsV2",
+            lambda params, **_: listings.append((params["Prefix"], params.get("Delimiter"))),
+        )
+        store = open_store(source, client)
+        refs = list_objects(
+            store, datetime(2026, 11, 20, tzinfo=timezone.utc), datetime(2026, 11, 21, tzinfo=timezone.utc)
+        )
+    return listings, [store.prefix + ref.key for ref in refs.logs]
+
+
+LOG = "AWSLogs/{account}/CloudTrail/eu-west-1/2026/11/20/{account}_CloudTrail_eu-west-1_20261120T1305Z_abc.json.gz"
+
+
+@pytest.mark.parametrize(
+    ("layout", "source"),
+    [
+        ([LOG.format(account="210987654321")], f"s3://{TEST_BUCKET}"),
+        ([f"{TEST_PREFIX}/" + LOG.format(account="210987654321")], f"s3://{TEST_BUCKET}"),
+        ([f"{TEST_PREFIX}/" + LOG.format(account="210987654321")], f"s3://{TEST_BUCKET}/{TEST_PREFIX}"),
+        ([LOG.format(account="o-abcdefghij/210987654321")], f"s3://{TEST_BUCKET}"),  # an organisation trail
+        ([LOG.format(account="210987654321"), "other-team/secrets.txt"], f"s3://{TEST_BUCKET}"),  # not listed
+        (
+            [f"{TEST_PREFIX}/" + LOG.format(account="210987654321"), "other-team/x.txt"],
+            f"s3://{TEST_BUCKET}/{TEST_PREFIX}",
+        ),
+    ],
+)
+def test_every_request_trailguard_makes_is_allowed(layout: list[str], source: str):
+    policy = filled_read_policy()
+    listings, reads = _recorded_requests(layout, source)
+    assert listings and reads, "nothing was listed or found"
+    for prefix, delimiter in listings:
+        assert can_list(policy, prefix, delimiter), f"the policy denies listing {prefix!r} (delimiter {delimiter!r})"
+    for key in reads:
+        assert can_get(policy, key), f"the policy denies reading {key}"
+
+
+def test_read_policy_denies_what_trailguard_does_not_need():
+    policy = filled_read_policy()
+    assert not can_list(policy, "", delimiter=None)  # every key name in the bucket, not just folders
+    assert not can_list(policy, "other-team/")  # sibling folders: sources.py skips them when denied
+    assert not can_list(policy, f"{TEST_PREFIX}/", delimiter=None)
+    assert not can_get(policy, "other-team/secrets.txt")
+    assert not can_get(policy, f"{TEST_PREFIX}/notes.txt")
+    assert can_get(policy, f"{TEST_PREFIX}/" + LOG.format(account="210987654321"))
+
+
+def test_kms_decrypt_only_for_cloudtrail_log_files_read_through_s3():
+    policy = filled_read_policy()
+    key = f"arn:aws:kms:{TRAIL_REGION}:{KEY_ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    trail = f"arn:aws:cloudtrail:{TRAIL_REGION}:{TRAIL_ACCOUNT}:trail/org-trail"
+    via_s3 = {"kms:ViaService": f"s3.{TRAIL_REGION}.amazonaws.com", "kms:EncryptionContext:aws:cloudtrail:arn": trail}
+    assert allowed(policy, "kms:Decrypt", key, via_s3)
+    assert not allowed(policy, "kms:Decrypt", key, {**via_s3, "kms:ViaService": "ec2.us-east-1.amazonaws.com"})
+    assert not allowed(policy, "kms:Decrypt", key, {"kms:EncryptionContext:aws:cloudtrail:arn": trail})  # direct
+    other_account = trail.replace(TRAIL_ACCOUNT, "999988887777")
+    assert not allowed(
+        policy, "kms:Decrypt", key, {**via_s3, "kms:EncryptionContext:aws:cloudtrail:arn": other_account}
+    )
+    s3_only = {"kms:ViaService": via_s3["kms:ViaService"], "kms:EncryptionContext:aws:s3:arn": "arn:aws:s3:::x/y"}
+    assert not allowed(policy, "kms:Decrypt", key, s3_only)  # another SSE-KMS object, not a CloudTrail log
+    assert not allowed(policy, "kms:GenerateDataKey", key, via_s3)
+    template = statements(iam_policy("trailguard-read-cloudtrail.json"))
+    kms = [s for s in template if "kms:Decrypt" in as_list(s["Action"])]
+    assert len(kms) == 1 and as_list(kms[0]["Resource"]) == [
+        "arn:aws:kms:us-east-1:111122223333:key/EXAMPLE-1111-2222-3333-KEYID"
+    ]
 
 
 def test_lake_policy_writes_only_under_its_prefix():
@@ -445,3 +577,97 @@ def test_lake_policy_writes_only_under_its_prefix():
         for resource in as_list(stmt["Resource"]):
             key_part = resource.removeprefix("arn:aws:s3:::").partition("/")[2]
             assert key_part.endswith("/*") and len(key_part) > 2, f"not limited to a prefix: {resource}"
+
+
+# -- secrets stay out; the JWT guard fires ------------------------------------------------------------
+def test_compose_refuses_to_start_without_a_jwt_secret(services: dict, env_example: dict[str, str]):
+    """`${VAR:?msg}` only fires when the value is empty or unset: the example must leave it empty."""
+    env = services["airflow-scheduler"]["environment"]
+    assert re.fullmatch(r"\$\{AIRFLOW__API_AUTH__JWT_SECRET:\?[^}]+\}", env["AIRFLOW__API_AUTH__JWT_SECRET"])
+    assert env_example["AIRFLOW__API_AUTH__JWT_SECRET"] == ""
+
+
+def test_gitignore_keeps_secrets_and_container_output_out():
+    """Asked of git itself, so the patterns are checked the way git reads them."""
+    import subprocess
+
+    ignored = ROOT / ".env", ROOT / "logs" / "scheduler" / "x.log", ROOT / "config" / "airflow.cfg"
+    geoip = ROOT / "include" / "geoip" / "GeoLite2-City.mmdb"
+    kept = ROOT / ".env.example", ROOT / "plugins" / "trailguard" / "settings.py", ROOT / "include" / "iam"
+    paths = [str(p.relative_to(ROOT)) for p in (*ignored, geoip, *kept)]
+    done = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
+    assert set(done.stdout.split()) == set(paths[:4])
+
+
+def test_dockerignore_keeps_secrets_and_the_venv_out_of_the_build_context():
+    patterns = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".env", ".venv", "var", ".git", "logs", "config", "*.mmdb"} <= patterns
+    assert ".env.example" not in patterns and "include" not in patterns  # the image needs include/
+
+
+# -- requirements ----------------------------------------------------------------------------------------
+DEV_TOOLS = {"pytest", "ruff", "moto"}
+
+
+def pins(path: Path) -> dict[str, str]:
+    """name -> version of the ``name==version`` lines (names normalised as pip does)."""
+    from packaging.utils import canonicalize_name
+
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            name, sep, ver = line.partition("==")
+            assert sep and ver, f"{path.name}: not pinned with ==: {line!r}"
+            out[canonicalize_name(name)] = ver
+    return out
+
+
+def test_requirements_split_keeps_development_tools_out_of_the_image(docker_instructions: list[tuple[str, str]]):
+    prod, dev = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-dev.txt")
+    assert not DEV_TOOLS & prod.keys(), "development tools belong in requirements-dev.txt"
+    assert dev.keys() >= DEV_TOOLS and not prod.keys() & dev.keys()
+    assert (ROOT / "requirements-dev.txt").read_text().count("-r requirements.txt") == 1
+    installed = [args for keyword, args in docker_instructions if keyword in {"COPY", "RUN"}]
+    assert not any("requirements-dev" in args for args in installed)
+
+
+def test_every_pinned_package_finds_its_requirements_pinned():
+    """The image installs requirements.txt alone: each package's own requirements (for Python 3.11
+    on Linux, with the extras other pins ask for) must be pinned there, or pip would pull in
+    unpinned versions. requirements-dev.txt is checked against both files."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    prod, dev = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-dev.txt")
+    for pinned, allowed in ((prod, prod), (dev, {**prod, **dev})):
+        wanted: list[tuple[str, tuple[str, ...]]] = [(name, ()) for name in pinned]
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        missing = set()
+        while wanted:
+            name, extras = wanted.pop()
+            if (name, extras) in seen:
+                continue
+            seen.add((name, extras))
+            try:
+                requires = distribution(name).requires or []
+            except PackageNotFoundError:
+                missing.add(name)
+                continue
+            for text in requires:
+                req = Requirement(text)
+                if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+                    dep = canonicalize_name(req.name)
+                    if dep not in allowed and dep not in {"setuptools", "pip", "wheel"}:
+                        missing.add(dep)
+                    wanted.append((dep, tuple(sorted(req.extras))))
+        assert not missing, f"required but not pinned: {sorted(missing)}"
+
+
+def test_worker_replicas_are_configurable(services: dict, env_example: dict[str, str]):
+    worker = services["airflow-worker"]
+    assert worker["deploy"]["replicas"] == "${AIRFLOW_WORKER_REPLICAS:-1}"
+    assert env_example["AIRFLOW_WORKER_REPLICAS"].isdigit()

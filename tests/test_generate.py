@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import itertools
 import random
 import re
 from collections import defaultdict
@@ -337,3 +338,63 @@ def test_month_with_incidents_places_them_in_the_last_two_days() -> None:
     assert all(i.account_id in org.account_ids for i in incidents)
     with pytest.raises(ValueError):
         g.make_incident(org, "nope", END)
+
+
+def test_incidents_keep_their_order_and_spacing_in_a_shorter_window() -> None:
+    _, wide = g.month_with_incidents(END)
+    _, short = g.month_with_incidents(END, days=1, within_hours=12)
+    assert [i.kind for i in short] == [i.kind for i in wide]
+    assert all(END - timedelta(hours=12) <= i.at < END for i in short)
+    assert short[0].at < short[1].at < short[2].at
+    assert min(b.at - a.at for a, b in itertools.pairwise(short)) >= timedelta(hours=2)
+    with pytest.raises(ValueError, match="cover the last 48 hours"):
+        g.month_with_incidents(END, days=1)
+
+
+def test_generate_command_writes_a_trail_that_ingest_reads_whole(tmp_path: Path, tg_env, capsys) -> None:
+    """`trailguard generate` then `trailguard ingest`: every generated record lands in the lake once."""
+    from trailguard.cli import build_parser, main
+
+    out = tmp_path / "trail"
+    argv = ["generate", "--out", str(out), "--days", "2", "--end", "2026-11-20T06:00Z", "--events-per-hour", "30"]
+    assert main([*argv, "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    manifest = orjson.loads((out / g.MANIFEST).read_bytes())
+    assert f"wrote {manifest['objects']:,} CloudTrail objects ({manifest['records']:,} records" in printed
+    assert "events 2026-11-18T06:00Z .. 2026-11-20T06:00Z (seed 3, 30 background events an hour" in printed
+    assert [i["kind"] for i in manifest["incidents"]] == list(g.INCIDENT_KINDS)
+    assert "177.72.10.77 (BR)" in printed and f"trailguard ingest --source {out}" in printed
+    files = _load(out)
+    assert len(files) == manifest["objects"] and sum(len(r) for _, r in files) == manifest["records"]
+
+    assert main(["ingest", "--source", str(out), "--json"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert (summary["quarantined_records"], summary["quarantined_objects"], summary["skipped"]) == (0, 0, 0)
+    assert summary["objects_processed"] == manifest["objects"]  # the manifest beside AWSLogs/ is not listed
+    assert summary["new_events"] == summary["records"] == manifest["records"]
+    assert build_parser().parse_args(["generate", "--out", "x"]).events_per_hour == g.DEFAULT_EVENTS_PER_HOUR
+
+
+def test_generate_command_without_incidents_and_its_limits(tmp_path: Path, capsys) -> None:
+    from trailguard.cli import main
+
+    out = tmp_path / "quiet"
+    assert main(["generate", "--out", str(out), "--days", "1", "--end", "2026-11-20T06:00Z", "--no-incidents"]) == 0
+    assert "incidents" not in capsys.readouterr().out
+    records = [r for _, recs in _load(out) for r in recs]
+    assert records and not any(r["sourceIPAddress"] == "177.72.10.77" for r in records)
+    assert orjson.loads((out / g.MANIFEST).read_bytes())["incidents"] == []
+    assert main(["generate", "--out", str(out), "--days", "0"]) == 2
+    assert "days must be at least 1" in capsys.readouterr().err
+
+
+def test_same_arguments_same_trail(tmp_path: Path) -> None:
+    end = datetime(2026, 3, 5, 0, 0, tzinfo=timezone.utc)
+    first = g.generate_trail(tmp_path / "a", days=2, end=end, seed=5, events_per_hour=40)
+    again = g.generate_trail(tmp_path / "b", days=2, end=end, seed=5, events_per_hour=40)
+
+    def contents(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): gzip.decompress(p.read_bytes()) for p in out.rglob("*.json.gz")}
+
+    assert contents(first.out) == contents(again.out) and first.incidents == again.incidents
+    assert (first.start, first.end) == (end - timedelta(days=2), end)

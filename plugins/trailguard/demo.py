@@ -10,6 +10,7 @@ so that the terminal tells the story.
 
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import os
@@ -33,13 +34,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from trailguard.generate import OUTSIDE_ACCOUNT, GenerateStats, Incident, generate, month_with_incidents
+from trailguard.generate import MANIFEST, OUTSIDE_ACCOUNT, Incident, Trail, generate_trail
 from trailguard.settings import PROJECT_ROOT
 
-DEFAULT_DAYS = 14  # not 30: moto_server takes ~140 requests/s here, so 37k objects cost ~9 min up and down
+DEFAULT_DAYS = 30  # a month: ~8,200 objects, about 2 minutes on 2 cores (README, "What the demo shows")
 DEFAULT_EVENTS_PER_HOUR = 10  # a quiet organisation: ~270 objects a day instead of ~1,200
 MIN_DAYS = 9  # the detections' 7-day warm-up plus the 2 live days
 LIVE_HOURS = 48  # the incidents all fall in the last 2 days
+MIN_LIVE_HOURS = 4  # the three incidents need a few hours between them
+DELIVERY_STAMP = re.compile(r"_(\d{8}T\d{4}Z)_[^/_]+\.json\.gz$")
 BUCKET = "trailguard-demo-cloudtrail"
 WEBHOOK_PATH = "/services/TDEMO/BDEMO/trailguard-demo"
 UPLOAD_THREADS = 16
@@ -109,12 +112,22 @@ class Plan:
         return self.root / "demo.log"
 
 
-def make_plan(root: Path, days: int = DEFAULT_DAYS, now: datetime | None = None) -> Plan:
+def make_plan(
+    root: Path,
+    days: int = DEFAULT_DAYS,
+    now: datetime | None = None,
+    events_per_hour: int = DEFAULT_EVENTS_PER_HOUR,
+    live_hours: int = LIVE_HOURS,
+) -> Plan:
     """A plan ending at the last full hour, so the alerts look like today's."""
     if days < MIN_DAYS:
         raise ValueError(f"--days must be at least {MIN_DAYS} (7 days of warm-up plus the 2 live days)")
+    if not MIN_LIVE_HOURS <= live_hours <= LIVE_HOURS:
+        raise ValueError(f"--live-hours must be between {MIN_LIVE_HOURS} and {LIVE_HOURS}")
+    if events_per_hour < 0:
+        raise ValueError("--events-per-hour must not be negative")
     end = (now or datetime.now(timezone.utc)).replace(minute=0, second=0, microsecond=0)
-    return Plan(root.resolve(), end, days)
+    return Plan(root.resolve(), end, days, events_per_hour, live_hours)
 
 
 def reset_dirs(plan: Plan) -> None:
@@ -126,11 +139,18 @@ def reset_dirs(plan: Plan) -> None:
     plan.root.mkdir(parents=True, exist_ok=True)
 
 
-def generate_month(plan: Plan) -> tuple[GenerateStats, list[Incident]]:
-    """The demo org's CloudTrail for the plan's days, the three incidents in the last two."""
-    org, incidents = month_with_incidents(plan.end, days=plan.days)
-    stats = generate(plan.trail, plan.start, plan.end, org, incidents, events_per_hour=plan.events_per_hour)
-    return stats, incidents
+def generate_month(plan: Plan) -> Trail:
+    """The demo org's CloudTrail for the plan's days, the three incidents in its live hours."""
+    return generate_trail(
+        plan.trail, plan.days, plan.end, events_per_hour=plan.events_per_hour, incident_hours=plan.live_hours
+    )
+
+
+def delivered_from(trail: Path, at: datetime) -> tuple[int, int]:
+    """(objects, records) CloudTrail delivers at or after ``at``: an ingest up to ``at`` cannot see them."""
+    stamp = f"{at:%Y%m%dT%H%MZ}"
+    late = [p for p in trail.rglob("*.json.gz") if (m := DELIVERY_STAMP.search(p.name)) and m[1] >= stamp]
+    return len(late), sum(len(json.loads(gzip.decompress(p.read_bytes()))["Records"]) for p in late)
 
 
 # -- terminal and log --------------------------------------------------------------------------
@@ -290,7 +310,6 @@ def pipeline_env(plan: Plan, endpoint: str, slack_url: str | None, bucket: str =
         "TRAILGUARD_LAKE": str(plan.lake),
         "TRAILGUARD_DB": plan.state_url,
         "TRAILGUARD_AWS_CONN_ID": "aws_default",
-        "TRAILGUARD_WORKERS": "1",  # S3 reads bound the speed here; a process pool per hourly run costs more
         "TRAILGUARD_ALERT_HORIZON_HOURS": str(plan.live_hours + 24),  # post each demo alert, no digest
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         "AWS_ACCESS_KEY_ID": "testing",
@@ -336,9 +355,9 @@ def users_slack() -> str | None:
 class SlackReceiver:
     """An incoming-webhook endpoint on 127.0.0.1 that keeps what it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.received))
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self.received))
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="slack-receiver", daemon=True)
 
@@ -391,7 +410,9 @@ def _handler(received: queue.Queue[dict[str, Any]]) -> type[BaseHTTPRequestHandl
 
 # -- rendering Block Kit -----------------------------------------------------------------------
 _MRKDWN = re.compile(
-    r"```(?P<block>.*?)```|`(?P<code>[^`\n]*)`|\*(?P<bold>[^*\n]+)\*|<(?P<url>[^>|\s]+)(?:\|(?P<label>[^>]*))?>",
+    r"```(?P<block>.*?)```|`(?P<code>[^`\n]*)`|\*(?P<bold>[^*\n]+)\*"
+    r"|(?<!\w)_(?P<italic>[^_\n]+)_(?!\w)"  # Slack: _italic_ only at word edges, not inside snake_case
+    r"|<(?P<url>[^>|\s]+)(?:\|(?P<label>[^>]*))?>",
     re.S,
 )
 
@@ -415,6 +436,8 @@ def mrkdwn(text: str) -> Any:
             out.append(html.unescape(m["code"]), style="cyan")
         elif m["bold"] is not None:
             out.append(_plain(m["bold"]), style="bold")
+        elif m["italic"] is not None:
+            out.append(_plain(m["italic"]), style="italic")
         else:
             url = html.unescape(m["url"])
             out.append(html.unescape(m["label"] or url), style=Style(underline=True, link=url))
@@ -533,6 +556,7 @@ class Outcome:
     incidents: list[Incident]
     messages: list[dict[str, Any]] = field(default_factory=list)
     own_slack: str | None = None
+    not_yet_delivered: Counts = Counts(0, 0)  # generated, but CloudTrail delivers it after the last run
 
     @property
     def fired(self) -> dict[str, AlertRow | None]:
@@ -628,11 +652,16 @@ class Interrupts:
 
 
 # -- the command -------------------------------------------------------------------------------
-def run(root: str | Path, days: int = DEFAULT_DAYS, events_per_hour: int = DEFAULT_EVENTS_PER_HOUR) -> int:
+def run(
+    root: str | Path,
+    days: int = DEFAULT_DAYS,
+    events_per_hour: int = DEFAULT_EVENTS_PER_HOUR,
+    live_hours: int = LIVE_HOURS,
+) -> int:
     """``trailguard demo``: everything, with the terminal for the story and a file for the logs."""
     from rich.console import Console
 
-    plan = replace(make_plan(Path(root), days), events_per_hour=events_per_hour)
+    plan = make_plan(Path(root), days, events_per_hour=events_per_hour, live_hours=live_hours)
     reset_dirs(plan)
     started = time.monotonic()
     with terminal_and_log(plan.log) as terminal:
@@ -672,9 +701,11 @@ def _step(console: Any, doing: str) -> Generator[_Step, None, None]:
 def _run(plan: Plan, console: Any, interrupts: Interrupts) -> Outcome:
     _intro(console, plan)
     with _step(console, "Generating CloudTrail for the demo organisation") as step:
-        stats, incidents = generate_month(plan)
+        trail = generate_month(plan)
+        incidents = list(trail.incidents)
         step.done = (
-            f"generated {stats.files:,} delivery files with {stats.records:,} records in {_relative(plan.trail)}"
+            f"generated {trail.stats.files:,} delivery files with {trail.stats.records:,} records "
+            f"in {_relative(plan.trail)}"
         )
     with moto_server() as moto:
         interrupts.cleanups.append(moto.stop)
@@ -683,16 +714,16 @@ def _run(plan: Plan, console: Any, interrupts: Interrupts) -> Outcome:
         with SlackReceiver() as receiver:
             apply_env(airflow_env(plan) | pipeline_env(plan, moto.endpoint, None if own_slack else receiver.url))
             outcome = _pipeline(console, plan, incidents, receiver, own_slack, interrupts)
-    return outcome
+    return replace(outcome, not_yet_delivered=Counts(*delivered_from(plan.trail, plan.end)))
 
 
 def _intro(console: Any, plan: Plan) -> None:
     console.rule("[bold]trailguard demo")
     console.print(
         f"CloudTrail of a 4-account organisation from {plan.start:%d %b %H:%M} to {plan.end:%d %b %H:%M} UTC "
-        f"with three incidents in the last {plan.live_hours} hours. {plan.days} days, not a month, at "
-        f"{plan.events_per_hour} background events an hour: a month at the generator's default is ~37k objects, "
-        f"more than the local S3 emulator moves in a few minutes. Airflow's logs go to {_relative(plan.log)}."
+        f"({plan.days} days; offices in DE, GB, IE and US, daily cross-account jobs, AWS-service noise, "
+        f"{plan.events_per_hour} background events an hour) with three incidents in the last "
+        f"{plan.live_hours} hours. Airflow's logs go to {_relative(plan.log)}."
     )
 
 
@@ -765,8 +796,14 @@ def _hourly(
 
 def _summary(console: Any, plan: Plan, outcome: Outcome, seconds: float) -> None:
     console.rule("[bold]Summary")
-    c = outcome.counts
+    c, late = outcome.counts, outcome.not_yet_delivered
     console.print(f"Ingested   {c.events:,} events from {c.objects:,} CloudTrail objects ({plan.days} days)")
+    if late.objects:
+        console.print(
+            f"           not yet: {_count(late.objects, 'generated object')} ({_count(late.events, 'event')}) "
+            f"delivered after {plan.end:%H:%M}, the end of the last run (CloudTrail delivers 5 to 10 minutes "
+            "late): the next hourly run would take them"
+        )
     by_detection: dict[str, int] = {}
     for a in outcome.alerts:
         by_detection[a.detection] = by_detection.get(a.detection, 0) + 1
@@ -797,7 +834,7 @@ def _next_steps(console: Any, plan: Plan) -> None:
         f"    .venv/bin/trailguard ingest --source {rel}/trail\n"
         f"    .venv/bin/trailguard replay --start {plan.live_start:%Y-%m-%dT%H:%MZ} "
         f"--end {plan.end:%Y-%m-%dT%H:%MZ} --baseline-days 90\n"
-        f"\u2022 The DAGs in the Airflow UI, reading {rel}/trail: make airflow  (http://127.0.0.1:8080)\n"
+        f"\u2022 The DAGs in the Airflow UI, reading this trail: {airflow_command(plan)}  (http://127.0.0.1:8080)\n"
         f"\u2022 The lake with DuckDB:\n"
         f'    .venv/bin/python -c "import duckdb; duckdb.sql(\\"SELECT event_name, count(*) AS n '
         f"FROM read_parquet('{rel}/lake/events/*/*/*.parquet', hive_partitioning=true) "
@@ -808,8 +845,96 @@ def _next_steps(console: Any, plan: Plan) -> None:
     )
 
 
+def airflow_command(plan: Plan) -> str:
+    """``make airflow`` reads var/demo/trail by itself; any other demo folder is passed as the source."""
+    if plan.trail == (PROJECT_ROOT / "var" / "demo" / "trail").resolve():
+        return "make airflow"
+    source = _relative(plan.trail) if Path.cwd().resolve() == PROJECT_ROOT.resolve() else str(plan.trail)
+    return f"TRAILGUARD_SOURCE={source} make airflow"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _relative(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+# -- make airflow ------------------------------------------------------------------------------
+def serve_sink(port: int, log_path: Path, stop: threading.Event | None = None) -> None:
+    """``make airflow``'s Slack: a webhook on 127.0.0.1:``port`` that appends each message, rendered
+    as in the demo, to ``log_path`` (``tail -f`` it), until ``stop`` is set or the process is ended."""
+    from rich.console import Console
+
+    stop = stop or threading.Event()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with SlackReceiver(port) as receiver, open(log_path, "a", encoding="utf-8") as log:
+        console = Console(file=log, width=100, highlight=False, color_system=None)
+        while not stop.is_set():
+            try:
+                message = receiver.received.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            console.print(f"Slack message received {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+            console.print(render_message(message))
+            log.flush()
+
+
+def sink_url(port: int) -> str:
+    """The incoming-webhook URL ``serve_sink`` answers on (an ``AIRFLOW_CONN_*`` password)."""
+    return f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+
+
+def airflow_steps(trail: Path) -> list[str]:
+    """What to do in ``make airflow``'s UI to see this trail's incidents alert, with its own dates.
+
+    Ingest the history in one run, baseline at the first incident's hour, then backfill ingest and
+    detections over the hours after it, as in the README's backfill section.
+    """
+    path = trail / MANIFEST
+    if not path.is_file():
+        return [f"{trail} has no {MANIFEST} (not made by trailguard generate): pick its dates yourself."]
+    info = json.loads(path.read_text())
+    start, end = datetime.fromisoformat(info["start"]), datetime.fromisoformat(info["end"])
+    ats = sorted(datetime.fromisoformat(i["at"]) for i in info["incidents"])
+    if not ats:
+        return [f"{trail} holds no incidents (generated with --no-incidents): nothing will alert."]
+    first = ats[0].replace(minute=0, second=0, microsecond=0)
+    last_run = end - timedelta(hours=1)  # the logical date (interval start) of the last full hour
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    return [
+        f"The trail: {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, {len(ats)} incidents from "
+        f"{ats[0]:%Y-%m-%d %H:%M} UTC. To see them alert (README, 'What to click'):",
+        f"  1. cloudtrail_ingest > Trigger: start={start:{iso}} end={first:{iso}}, unpause on trigger",
+        f"  2. baseline_initial > Trigger: at={first:{iso}} (unpause it)",
+        f"  3. cloudtrail_ingest > Backfill: from {first:{iso}} to {last_run:{iso}}",
+        f"  4. detections > Backfill: from {first:{iso}} to {last_run:{iso}}, max active runs 1 (unpause it)",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trailguard.demo slack-sink|airflow-steps``: helpers of scripts/airflow-standalone.sh."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trailguard.demo", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sink = sub.add_parser("slack-sink", help="a local Slack webhook whose messages go to a log file")
+    sink.add_argument("--port", type=int, required=True)
+    sink.add_argument("--log", type=Path, required=True)
+    steps = sub.add_parser("airflow-steps", help="print what to click to see a generated trail alert")
+    steps.add_argument("trail", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "slack-sink":
+        with suppress(KeyboardInterrupt):  # Ctrl-C in make airflow's terminal reaches the sink too
+            serve_sink(args.port, args.log)
+    else:
+        print("\n".join(airflow_steps(args.trail)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

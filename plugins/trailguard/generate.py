@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
@@ -34,6 +34,7 @@ OUTSIDE_ACCOUNT = "999988887777"
 INCIDENT_KINDS = ("new_country_provisioning", "outside_account_assume_role", "role_chaining_new_account")
 DEFAULT_EVENTS_PER_HOUR = 120
 HUMAN_SHARE = 0.75  # the rest of the background is AWS-service noise
+MANIFEST = "trailguard-generate.json"  # written beside AWSLogs/ by generate_trail
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 UUID_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
@@ -1040,17 +1041,26 @@ def make_incident(org: Org, kind: str, at: datetime) -> Incident:
     return Incident(kind, at, prod.id, caller, ip, country, ci.region, role.arn)
 
 
-def month_with_incidents(end: datetime, days: int = 30, seed: int = 7) -> tuple[Org, list[Incident]]:
-    """The demo org and one incident of each kind, all within the last 2 days before `end`."""
-    offsets = (46, 30, 14)  # hours before `end`: all inside the last two days, clear of each other
-    if days * DAY < offsets[0] * HOUR:
-        raise ValueError("days must cover the last 2 days, where the incidents are")
+INCIDENT_OFFSETS = (46, 30, 14)  # hours before `end` in a 48-hour window: inside it, clear of each other
+
+
+def month_with_incidents(
+    end: datetime, days: int = 30, seed: int = 7, within_hours: int = 48
+) -> tuple[Org, list[Incident]]:
+    """The demo org and one incident of each kind, all within the last `within_hours` (2 days) before `end`.
+
+    A shorter window keeps the incidents' spacing in proportion, so a quick run still sees all three.
+    """
+    if within_hours < 4:
+        raise ValueError("the incidents need a window of at least 4 hours")
+    if days * DAY < within_hours * HOUR:
+        raise ValueError(f"days must cover the last {within_hours} hours, where the incidents are")
     rng = random.Random(f"incidents-{seed}")
     org = demo_org(seed)
     end_ts = _epoch(end) // 60 * 60
     incidents = [
-        make_incident(org, kind, _dt(end_ts - hours * HOUR + rng.randrange(0, 50) * 60))
-        for kind, hours in zip(INCIDENT_KINDS, offsets, strict=True)
+        make_incident(org, kind, _dt(end_ts - hours * within_hours * HOUR // 48 + rng.randrange(0, 50) * 60))
+        for kind, hours in zip(INCIDENT_KINDS, INCIDENT_OFFSETS, strict=True)
     ]
     return org, incidents
 
@@ -1463,6 +1473,92 @@ def generate(
     finally:
         stats = sink.close()
     return stats
+
+
+@dataclass(frozen=True)
+class Trail:
+    """What ``generate_trail`` wrote: where, which range, and the incidents hidden in it."""
+
+    out: Path
+    start: datetime
+    end: datetime
+    seed: int
+    events_per_hour: int
+    stats: GenerateStats
+    incidents: tuple[Incident, ...]
+
+
+def last_full_hour(now: datetime | None = None) -> datetime:
+    """The default end of a trail: generated data then looks like today's."""
+    return (now or datetime.now(timezone.utc)).replace(minute=0, second=0, microsecond=0)
+
+
+def generate_trail(
+    out: str | Path,
+    days: int = 30,
+    end: datetime | None = None,
+    seed: int = 7,
+    events_per_hour: int = DEFAULT_EVENTS_PER_HOUR,
+    incidents: bool = True,
+    incident_hours: int = 48,
+) -> Trail:
+    """The demo organisation's CloudTrail for the `days` before `end`, the three incidents in its last
+    `incident_hours`; a manifest (``trailguard-generate.json``) beside ``AWSLogs/`` says what it holds.
+
+    What ``trailguard generate`` runs: test data anyone can make, the same for the same arguments.
+    """
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    if events_per_hour < 0:
+        raise ValueError("events_per_hour must not be negative")
+    end = last_full_hour() if end is None else end.astimezone(timezone.utc)
+    start = end - timedelta(days=days)
+    org, chosen = month_with_incidents(end, days, seed, incident_hours) if incidents else (demo_org(seed), [])
+    stats = generate(out, start, end, org, chosen, seed=seed, events_per_hour=events_per_hour)
+    trail = Trail(Path(out), start, end, seed, events_per_hour, stats, tuple(chosen))
+    (trail.out / MANIFEST).write_bytes(orjson.dumps(manifest(trail), option=orjson.OPT_INDENT_2))
+    return trail
+
+
+def manifest(trail: Trail) -> dict:
+    """What a generated trail holds, for people and for ``make airflow``'s instructions."""
+    return {
+        "start": trail.start.isoformat(),
+        "end": trail.end.isoformat(),
+        "seed": trail.seed,
+        "events_per_hour": trail.events_per_hour,
+        "objects": trail.stats.files,
+        "records": trail.stats.records,
+        "incidents": [
+            {
+                "kind": i.kind,
+                "at": i.at.isoformat(),
+                "account_id": i.account_id,
+                "actor": i.actor,
+                "source_ip": i.source_ip,
+                "country": i.country,
+            }
+            for i in trail.incidents
+        ],
+    }
+
+
+def describe_trail(trail: Trail) -> list[str]:
+    """The lines ``trailguard generate`` prints: what was written and what should alert."""
+    s = trail.stats
+    lines = [
+        f"wrote {s.files:,} CloudTrail objects ({s.records:,} records, {s.bytes / 1e6:.1f} MB gzip) to {trail.out}",
+        f"events {trail.start:%Y-%m-%dT%H:%MZ} .. {trail.end:%Y-%m-%dT%H:%MZ} (seed {trail.seed}, "
+        f"{trail.events_per_hour} background events an hour, plus daily jobs)",
+    ]
+    if trail.incidents:
+        lines.append("incidents, each one alert once baselines cover the time before it:")
+        lines += [
+            f"  {i.at:%Y-%m-%dT%H:%MZ}  {i.kind:<28}  {i.actor} from {i.source_ip} ({i.country})"
+            for i in trail.incidents
+        ]
+    lines.append(f"ingest it: trailguard ingest --source {trail.out}")
+    return lines
 
 
 BENCH_REGIONS = ("us-east-1", "eu-central-1", "eu-west-1", "us-west-2")

@@ -1,8 +1,9 @@
 """One typed settings object, read from the environment.
 
-Inside Airflow the same variables are read first from Airflow Variables of the same name
-(see ``airflow_glue.settings``); credentials never live here: they come from Airflow
-connections or the standard AWS environment.
+Inside Airflow, one Airflow Variable ``trailguard_settings`` holding a JSON object of these
+names overrides them at run time (``airflow_glue.settings``); what the DAG files read at parse
+time (start date, catchup, detections dir) comes from the environment only. Credentials never
+live here: they come from Airflow connections or the standard AWS environment.
 """
 
 from __future__ import annotations
