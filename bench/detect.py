@@ -27,7 +27,7 @@ from report import machine, splice
 from trailguard.cloudtrail import SCHEMA
 from trailguard.lake import Lake, delivery_tag, partition_of
 from trailguard.specs import load_specs
-from trailguard.store import StateStore, lake_partitions
+from trailguard.store import DONE, StateStore, lake_partitions, now, objects
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "detect"
@@ -62,11 +62,7 @@ def synth_hour(rng: np.random.Generator, hour: datetime, n: int, ips: np.ndarray
     ids = [f"{a:016x}{b:016x}" for a, b in zip(rng.integers(0, 2**63, n), rng.integers(0, 2**63, n), strict=True)]
     is_role = names == "AssumeRole"
     role_arn = [f"arn:aws:iam::{a}:role/ops" if r else None for a, r in zip(role_account, is_role, strict=True)]
-    is_prov = kind == 2
-    raw = [
-        f'{{"responseElements":{{"instancesSet":{{"items":[{{"instanceId":"i-0{i:07x}"}}]}}}}}}' if p else "{}"
-        for i, p in enumerate(is_prov)
-    ]
+    raw = [_raw(event_id, name, i) for i, (event_id, name) in enumerate(zip(ids, names, strict=True))]
     none = pa.nulls(n, pa.string())
     columns = {
         "event_id": pa.array(ids),
@@ -97,11 +93,48 @@ def synth_hour(rng: np.random.Generator, hour: datetime, n: int, ips: np.ndarray
         "role_session_name": none,
         "assumed_role_arn": none,
         "resources": pa.nulls(n, SCHEMA.field("resources").type),
-        "source_key": pa.array([f"s3://bench/{hour:%Y%m%dT%H}"] * n),
-        "delivered_at": pa.array(event_ms + 600_000, SCHEMA.field("delivered_at").type),
+        "source_key": pa.array([object_uri(hour)] * n),
+        "delivered_at": pa.array([int(delivered(hour).timestamp() * 1000)] * n, SCHEMA.field("delivered_at").type),
         "raw": pa.array(raw),
     }
     return pa.table(columns, schema=SCHEMA)
+
+
+# About the size (1.4 KB) and the make-up of a real record, so reading it costs what it would.
+RAW = (
+    '{{"eventVersion":"1.09","userIdentity":{{"type":"AssumedRole","principalId":"AROA{i:016X}:s{i}",'
+    '"arn":"arn:aws:sts::123456789012:assumed-role/app/s{i}","accountId":"123456789012",'
+    '"sessionContext":{{"attributes":{{"creationDate":"2026-06-01T00:00:00Z","mfaAuthenticated":"false"}}}}}},'
+    '"eventTime":"2026-06-01T00:00:00Z","eventSource":"ec2.amazonaws.com","eventName":"{name}",'
+    '"awsRegion":"us-east-1","sourceIPAddress":"203.0.113.7","userAgent":"aws-cli/2.15.0 Python/3.11.6 '
+    'Linux/6.1 exe/x86_64.amzn.2023 prompt/off command/ec2.run-instances",'
+    '"requestParameters":{{"instancesSet":{{"items":[{{"imageId":"ami-0{i:016x}","minCount":1,"maxCount":1}}]}},'
+    '"instanceType":"m5.large","blockDeviceMapping":{{}},"monitoring":{{"enabled":false}},'
+    '"disableApiTermination":false,"clientToken":"{event_id}"}},'
+    '"responseElements":{{"requestId":"{event_id}","reservationId":"r-0{i:016x}",'
+    '"instancesSet":{{"items":[{{"instanceId":"i-0{i:016x}","imageId":"ami-0{i:016x}",'
+    '"instanceState":{{"code":0,"name":"pending"}},"privateDnsName":"ip-10-0-{b}-{c}.ec2.internal",'
+    '"amiLaunchIndex":0,"productCodes":{{}},"instanceType":"m5.large","launchTime":1780272000000,'
+    '"placement":{{"availabilityZone":"us-east-1a","tenancy":"default"}}}}]}}}},'
+    '"requestID":"{event_id}","eventID":"{event_id}","readOnly":false,"eventType":"AwsApiCall",'
+    '"managementEvent":true,"recipientAccountId":"123456789012","eventCategory":"Management",'
+    '"tlsDetails":{{"tlsVersion":"TLSv1.3","cipherSuite":"TLS_AES_128_GCM_SHA256",'
+    '"clientProvidedHostHeader":"ec2.us-east-1.amazonaws.com"}}}}'
+)
+
+
+def _raw(event_id: str, name: str, i: int) -> str:
+    return RAW.format(event_id=event_id, name=name, i=i, b=i % 251, c=i % 241)
+
+
+def object_uri(hour: datetime) -> str:
+    """One synthetic delivery object per event hour."""
+    return f"s3://bench/AWSLogs/{hour:%Y%m%dT%H}.json.gz"
+
+
+def delivered(hour: datetime) -> datetime:
+    """Delivered five minutes into the next hour, as CloudTrail's last objects for an hour are."""
+    return hour + timedelta(hours=1, minutes=5)
 
 
 def write_hours(lake: Lake, dbs: list[Path], start: datetime, hours: int, per_hour: int, seed: int) -> int:
@@ -113,24 +146,47 @@ def write_hours(lake: Lake, dbs: list[Path], start: datetime, hours: int, per_ho
     for h in range(hours):
         hour = start + timedelta(hours=h)
         table = synth_hour(rng, hour, per_hour, ips, provisioning)
-        part = partition_of(hour)
-        path = Path(lake.file_path(part, delivery_tag(hour)))
+        path = Path(lake.file_path(partition_of(hour), delivery_tag(delivered(hour))))
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, compression="zstd")
-        rows.append((part, per_hour, hour + timedelta(minutes=70)))
+        rows.append((hour, per_hour))
     for db in dbs:
         _register(db, rows)
     return hours * per_hour
 
 
-def _register(db: Path, rows: list[tuple[str, int, datetime]]) -> None:
-    StateStore(f"sqlite:///{db}").close()  # migrate
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            f"INSERT OR REPLACE INTO {lake_partitions.name} (partition, rows, max_delivered_at, updated_at) "
-            "VALUES (?, ?, ?, ?)",
-            [(p, n, d.replace(tzinfo=None).isoformat(" "), d.replace(tzinfo=None).isoformat(" ")) for p, n, d in rows],
+def _register(db: Path, hours: list[tuple[datetime, int]]) -> None:
+    """What ingest would have recorded: the partitions, and each delivery object in the ledger
+    (baseline-update merges by the ledger)."""
+    state = StateStore(f"sqlite:///{db}")
+    stamp = now()
+    with state.begin() as conn:
+        conn.execute(
+            lake_partitions.insert(),
+            [
+                {"partition": partition_of(h), "rows": n, "max_delivered_at": delivered(h), "updated_at": stamp}
+                for h, n in hours
+            ],
         )
+        conn.execute(
+            objects.insert(),
+            [
+                {
+                    "uri": object_uri(h),
+                    "etag": "bench",
+                    "size": 0,
+                    "account_id": ACCOUNTS[0],
+                    "region": "us-east-1",
+                    "delivered_at": delivered(h),
+                    "records": n,
+                    "events": n,
+                    "status": DONE,
+                    "processed_at": stamp,
+                }
+                for h, n in hours
+            ],
+        )
+    state.close()
 
 
 def cli(*args: str) -> list[str]:
@@ -208,7 +264,8 @@ def render(results: list[tuple[str, list[Measurement]]], events: int, rounds: in
         "",
         *machine(),
         f"- synthetic lake: {events:,} events over {DAYS} days ({PER_HOUR:,} per hour, 2,160 Parquet files), "
-        "3% AssumeRole (some cross-account), 3% provisioning calls from 3,000 random public IPs",
+        "3% AssumeRole (some cross-account), 3% provisioning calls from 3,000 random public IPs, "
+        f"`raw` {len(_raw('0' * 32, 'RunInstances', 0)):,} bytes a record like a real RunInstances",
         "",
         "| measurement | wall s (median) | wall range s | peak RSS MB |",
         "| --- | ---: | --- | ---: |",

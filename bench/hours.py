@@ -74,6 +74,16 @@ def one_object(source: Dataset, root: Path) -> Dataset:
     return Dataset(folder, (target,), len(json.loads(raw)["Records"]), target.stat().st_size, len(raw))
 
 
+def shared(root: Path) -> Dataset | None:
+    """The public CloudTrail beside the project (many small objects, as most real trails have), if present."""
+    files = tuple(sorted(root.rglob("*.json.gz")))
+    if not files:
+        return None
+    raw = [gzip.decompress(f.read_bytes()) for f in files]
+    records = sum(len(json.loads(r)["Records"]) for r in raw)
+    return Dataset(root, files, records, sum(f.stat().st_size for f in files), sum(map(len, raw)))
+
+
 def _read_stamp(stamp: Path) -> dict | None:
     try:
         return json.loads(stamp.read_text())

@@ -1,10 +1,10 @@
 """Run one command in a fresh process and measure it: wall time and peak memory.
 
 The command runs under ``spawn.py``, a small wrapper that times it and reads
-``getrusage(RUSAGE_CHILDREN)``. Two memory figures, because ingest is a process tree:
-``ru_maxrss`` is the largest single process that was waited for (the parser workers live under
-a forkserver nobody waits for, so they are not in it), and the tree peak is the summed RSS of
-all the command's processes, sampled every 50 ms (an upper bound: shared pages count per process).
+``getrusage(RUSAGE_CHILDREN)``. Two memory figures: ``ru_maxrss`` is the largest single process
+that was waited for, and the tree peak is the summed RSS of all the command's processes, sampled
+every 50 ms (an upper bound: shared pages count per process). Ingest parses in threads, so for it
+the two agree; the tree figure would show any process it started and did not wait for.
 """
 
 from __future__ import annotations

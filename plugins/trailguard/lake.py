@@ -235,8 +235,7 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
     Call under the partition's lock. Every copy of an eventID in the partition competes and the
     earliest delivery (delivered_at, then object key) wins, whatever order runs happen in. Rows
     in the existing file for this hour that came from ``replaced_keys`` (objects processed again)
-    are replaced by the new rows. Column arithmetic throughout, and in the common case (no id
-    seen twice) only ``event_id`` and ``delivered_at`` are read.
+    are replaced by the new rows. In the common case, no id seen twice, only ``event_id`` is read.
     """
     own_path = lake.file_path(partition, tag)
     new = _Keys("new", pafs.LocalFileSystem(), scratch)
@@ -244,15 +243,13 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
     sources = [new, *old]
     for source in old:
         if source.name == tag and replaced_keys:  # rows of objects processed again give way
-            source.keep = pc.invert(pc.is_in(source.source_keys(), pa.array(sorted(replaced_keys)))).to_numpy(
-                zero_copy_only=False
-            )
-    set_aside = _concat([s.gone("event_id") for s in old])  # copies of reprocessed objects, if any
-    if _repeats(_concat([s.live("event_id") for s in sources])):
+            gone = pc.is_in(source.column("source_key"), pa.array(sorted(replaced_keys)))
+            source.keep = ~gone.to_numpy(zero_copy_only=False)
+    set_aside = [s.gone_ids() for s in old]  # copies of reprocessed objects, if any
+    if _repeats([ids for s in sources for ids in s.live_ids()]):
         _choose_winners(sources)
-        set_aside = _concat([s.keys["event_id"].combine_chunks() for s in old])
-    known = pc.sum(pc.is_in(new.live("event_id"), value_set=set_aside)).as_py() if len(set_aside) else 0
-    new_events = int(new.keep.sum()) - int(known or 0)
+        set_aside = [s.ids for s in old]
+    new_events = int(new.keep.sum()) - _count_in(new.live_ids(), set_aside)
 
     for source in old:  # files of other delivery hours that lost rows to this one (out-of-order runs)
         if source.name != tag and not source.keep.all():
@@ -267,7 +264,7 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
         _rewrite(lake, own, own_path)
     Path(scratch).unlink(missing_ok=True)
 
-    delivered = [pc.max(s.live("delivered_at")).as_py() for s in sources if s.keep.any()]
+    delivered = [d for s in sources if (d := s.max_delivered_at()) is not None]
     return FileStats(
         rows=sum(int(s.keep.sum()) for s in sources),
         new_events=new_events,
@@ -277,45 +274,106 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
 
 
 class _Keys:
-    """One file taking part in a merge: its key columns and which of its rows stay."""
+    """One file taking part in a merge: its ids, which of its rows stay, other columns on demand."""
 
     def __init__(self, name: str, fs: pafs.FileSystem, path: str) -> None:
         self.name, self.fs, self.path = name, fs, path
-        self.keys = pq.read_table(path, columns=["event_id", "delivered_at"], filesystem=fs)
-        self.rows = self.keys.num_rows
+        self.file = pq.ParquetFile(path, filesystem=fs)
+        self.ids = self.file.read(columns=["event_id"]).column(0)
+        self.rows = len(self.ids)
         self.keep = np.ones(self.rows, dtype=bool)
 
-    def live(self, column: str) -> pa.Array:
-        return pc.filter(self.keys[column], pa.array(self.keep)).combine_chunks()
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.file.read(columns=[name]).column(0)
 
-    def gone(self, column: str) -> pa.Array:
-        return pc.filter(self.keys[column], pa.array(~self.keep)).combine_chunks()
+    def live_ids(self) -> list[pa.Array]:
+        ids = self.ids if self.keep.all() else self.ids.filter(pa.array(self.keep))
+        return ids.chunks
 
-    def source_keys(self) -> pa.Array:
-        """Read only when needed: the object of every row (few distinct values, so a dictionary)."""
-        table = pq.read_table(self.path, columns=["source_key"], filesystem=self.fs, read_dictionary=["source_key"])
-        return table["source_key"].combine_chunks().dictionary_decode()
+    def gone_ids(self) -> pa.ChunkedArray:
+        return self.ids.filter(pa.array(~self.keep))
+
+    def max_delivered_at(self) -> datetime | None:
+        """From the row-group statistics while every row stays (no read); else from the rows kept."""
+        if not self.keep.any():
+            return None
+        if self.keep.all():
+            meta = self.file.metadata
+            leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == "delivered_at")
+            stats = [meta.row_group(g).column(leaf).statistics for g in range(meta.num_row_groups)]
+            if stats and all(s is not None and s.has_min_max for s in stats):
+                return max(s.max for s in stats)
+        return pc.max(self.column("delivered_at").filter(pa.array(self.keep))).as_py()
 
 
-def _concat(arrays: list[pa.Array]) -> pa.Array:
-    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+def _count_in(ids: list[pa.Array], sets: list[pa.ChunkedArray]) -> int:
+    """How many of ``ids`` occur in ``sets`` (hashing only the sets, usually empty)."""
+    value_set = pa.chunked_array([c for s in sets for c in s.chunks], pa.string()).combine_chunks()
+    if not len(value_set) or not ids:
+        return 0
+    return sum(int(pc.sum(pc.is_in(chunk, value_set=value_set)).as_py() or 0) for chunk in ids)
 
 
-def _repeats(ids: pa.Array) -> bool:
-    """Does any id occur twice? By sorting: a hash set of a busy partition's ids takes twice the memory."""
-    if len(ids) < 2:
+def _repeats(chunks: list[pa.Array]) -> bool:
+    """Does any id occur twice? By sorting: a hash set of a busy partition's ids would take several
+    times their size. Ids of one length (CloudTrail's are UUIDs) sort as fixed-width bytes in numpy,
+    in one copy of the ids; others through Arrow."""
+    total = sum(len(c) for c in chunks)
+    if total < 2:
         return False
+    width = _common_width(chunks)
+    if width:
+        fixed = np.empty(total, dtype=f"S{width}")
+        at = 0
+        for chunk in chunks:
+            start = int(_offsets(chunk)[0])
+            data = chunk.buffers()[2]
+            fixed[at : at + len(chunk)] = np.frombuffer(data, dtype=f"S{width}", count=len(chunk), offset=start)
+            at += len(chunk)
+        fixed.sort()
+        return bool((fixed[1:] == fixed[:-1]).any())
+    ids = pa.chunked_array(chunks, pa.string()).combine_chunks()
     ordered = ids.take(pc.sort_indices(ids))
     return pc.any(pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py()
+
+
+def _common_width(chunks: list[pa.Array]) -> int | None:
+    """The byte length every id has, if they all have one and none is null. (numpy's fixed-width
+    bytes ignore trailing NULs when comparing: at worst a false "repeat", which the exact merge
+    then settles.)"""
+    widths = set()
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        if chunk.null_count:
+            return None
+        lengths = np.diff(_offsets(chunk))
+        if lengths.min() != lengths.max():
+            return None
+        widths.add(int(lengths[0]))
+    if len(widths) != 1 or not (width := widths.pop()):
+        return None
+    return width
+
+
+def _offsets(strings: pa.StringArray) -> np.ndarray:
+    """Where each value of a (possibly sliced) string array starts in its data buffer, and the end."""
+    return np.frombuffer(strings.buffers()[1], dtype=np.int32)[strings.offset : strings.offset + len(strings) + 1]
 
 
 def _choose_winners(sources: list[_Keys]) -> None:
     """Per eventID, keep only its earliest copy (delivered_at, then source_key) over all live rows."""
     frames = []
     for number, source in enumerate(sources):
-        frame = source.keys.append_column("source_key", source.source_keys())
-        frame = frame.append_column("file", pa.array(np.full(source.rows, number, dtype=np.int32)))
-        frame = frame.append_column("idx", pa.array(np.arange(source.rows, dtype=np.int64)))
+        frame = pa.table(
+            {
+                "event_id": source.ids,
+                "delivered_at": source.column("delivered_at"),
+                "source_key": source.column("source_key"),
+                "file": pa.array(np.full(source.rows, number, dtype=np.int32)),
+                "idx": pa.array(np.arange(source.rows, dtype=np.int64)),
+            }
+        )
         frames.append(frame.filter(pa.array(source.keep)))
     candidates = pa.concat_tables(frames).combine_chunks()
     order = pc.sort_indices(
