@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -190,7 +192,11 @@ class Lake:
 
 
 class FileWriter:
-    """Rows for one (partition, delivery hour) file, written to a scratch file in row groups."""
+    """Rows for one (partition, delivery hour) file, written to a scratch file in row groups.
+
+    Each row group is encoded on a thread of its own while the caller goes on (one at a time, so
+    groups stay in order and memory holds at most two): the caller is ingest's main thread,
+    which must keep handing work to the parsers."""
 
     def __init__(self, lake: Lake) -> None:
         self.path = lake.scratch_path()
@@ -204,6 +210,8 @@ class FileWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.rows = 0
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="parquet")
+        self._encoding: Future | None = None
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
@@ -216,17 +224,29 @@ class FileWriter:
 
     def close(self) -> str:
         self._flush()
+        self._wait()
+        self._encoder.shutdown()
         self._writer.close()
         return self.path
 
     def discard(self) -> None:
+        with suppress(Exception):
+            self._wait()
+        self._encoder.shutdown()
         self._writer.close()
         Path(self.path).unlink(missing_ok=True)
 
     def _flush(self) -> None:
         if self._pending:
-            self._writer.write_table(pa.Table.from_batches(self._pending, schema=SCHEMA))
+            table = pa.Table.from_batches(self._pending, schema=SCHEMA)
             self._pending, self._pending_rows = [], 0
+            self._wait()
+            self._encoding = self._encoder.submit(self._writer.write_table, table)
+
+    def _wait(self) -> None:
+        if self._encoding is not None:
+            encoding, self._encoding = self._encoding, None
+            encoding.result()
 
 
 def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_keys: set[str]) -> FileStats:
