@@ -26,6 +26,7 @@ airflow: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/replay.py
 
 lint: install
 	$(BIN)/ruff check .

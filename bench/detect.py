@@ -11,6 +11,7 @@ Results go to stdout and into docs/benchmarks.md between the ``bench:detect`` ma
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -251,6 +252,9 @@ def main() -> int:
             1,
         )
     )
+    merged = [json.loads(line) for line in results[-1][1][0].stdout.splitlines() if line.startswith("{")]
+    if sum(r["objects"] for r in merged) != 24 * len(merged) or not all(r["events"] for r in merged):
+        raise SystemExit(f"the baseline update did not merge the day's 24 objects: {merged}")
     body = render(results, events, args.rounds)
     print(body)
     splice(ROOT / "docs" / "benchmarks.md", "detect", body)
