@@ -384,7 +384,7 @@ def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bo
             [
                 f"detection {code(alert.get('detection_id'), 64)}",
                 f"fired at {code(alert.get('fired_at'), 40)}",
-                f"key {code(json.dumps(alert.get('key'), sort_keys=True), 200)}",
+                f"key {code(json.dumps(alert.get('key')), 200)}",
             ]
         )
     )
