@@ -54,7 +54,11 @@ def main() -> int:
         shutil.copyfile(ingested, state)  # each replay starts from the state ingest left
         replays.append(
             run(
-                cli("replay", "--start", start.isoformat(), "--end", END.isoformat(), "--baseline-days", "14"),
+                cli(
+                    "replay",
+                    *("--start", start.isoformat(), "--end", END.isoformat()),
+                    *("--baseline-days", str(BASELINE_DAYS)),
+                ),
                 env(state),
             )
         )

@@ -25,6 +25,7 @@ from hours import Dataset, Spec, one_object, prepare, shared
 from measure import Measurement, run
 from neighbours import busy_share, own_cpu, snapshot
 from report import Row, machine, splice, table, verdict
+from trailguard.settings import Settings
 from trailguard.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,8 +161,8 @@ def measure_once(case: Case) -> tuple[Measurement, float]:
 
 
 def workers() -> str:
-    configured = os.environ.get("TRAILGUARD_WORKERS")
-    return configured if configured else f"{min(os.cpu_count() or 1, 4)} (default: min(CPUs, 4))"
+    configured = Settings.from_env().workers
+    return f"{configured}" + ("" if os.environ.get("TRAILGUARD_WORKERS") else " (default: min(CPUs, 4))")
 
 
 def interpretation(rows: dict[str, Row]) -> list[str]:

@@ -62,13 +62,13 @@ sink_pid=""
 if [[ -n "${!SLACK_CONN_VAR:-}" ]]; then
     slack_line="your connection $SLACK_CONN_ID ($SLACK_CONN_VAR)"
 else
-    port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    port="$("$PY" -c 'from trailguard.demo import free_port; print(free_port())')"
+    sink="$("$PY" -c "from trailguard.demo import sink_url; print(sink_url($port))")"
     mkdir -p "$(dirname "$SLACK_LOG")"
     touch "$SLACK_LOG"
     "$PY" -m trailguard.demo slack-sink --port "$port" --log "$SLACK_LOG" &
     sink_pid=$!
-    # WEBHOOK_PATH in plugins/trailguard/demo.py
-    export "$SLACK_CONN_VAR"="{\"conn_type\": \"slackwebhook\", \"password\": \"http://127.0.0.1:$port/services/TDEMO/BDEMO/trailguard-demo\"}"
+    export "$SLACK_CONN_VAR"="{\"conn_type\": \"slackwebhook\", \"password\": \"$sink\"}"
     slack_line="a local webhook on 127.0.0.1:$port; messages in: tail -f ${SLACK_LOG#"$ROOT"/}"
 fi
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 from builders import gz, record, utc, write_log
 from trailguard.ingest import ingest
@@ -12,8 +13,17 @@ from trailguard.sources import LocalStore
 from trailguard.store import StateStore
 
 
+def lake_sql(lake: Lake, query: str, *params: object) -> list[tuple]:
+    """``query`` over the lake's files as DuckDB reads them as-is (``events`` is the view)."""
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE VIEW events AS SELECT * FROM read_parquet('{lake.events}/*/*/*.parquet', hive_partitioning = true)"
+    )
+    return con.execute(query, list(params)).fetchall()
+
+
 def lake_counts(lake: Lake) -> tuple[int, int]:
-    return lake.connect().sql("SELECT count(*), count(DISTINCT event_id) FROM events").fetchall()[0]
+    return lake_sql(lake, "SELECT count(*), count(DISTINCT event_id) FROM events")[0]
 
 
 @pytest.fixture
@@ -58,7 +68,7 @@ def test_duplicates_across_trails_and_hours_keep_the_earliest_delivery(tmp_path:
     second = ingest(src, lake, state, utc(2026, 11, 20, 13), utc(2026, 11, 20, 14))
     assert (first.new_events, second.new_events, second.duplicates) == (2, 0, 1)
     assert lake_counts(lake) == (2, 2)
-    kept = lake.connect().execute("SELECT source_key FROM events WHERE event_id = ?", [twin["eventID"]]).fetchall()
+    kept = lake_sql(lake, "SELECT source_key FROM events WHERE event_id = ?", twin["eventID"])
     assert kept == [(str(earlier),)]
     assert str(later) != str(earlier)
 

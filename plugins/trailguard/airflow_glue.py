@@ -11,10 +11,12 @@ import logging
 import os
 from collections import ChainMap
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trailguard.runtime import Runtime
 from trailguard.settings import Settings
+
+if TYPE_CHECKING:  # DAG files import this module when parsed: the pipeline itself loads in tasks only
+    from trailguard.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ def settings() -> Settings:
 
 def runtime() -> Runtime:
     """A Runtime whose S3 access (source and lake) goes through the configured AWS connection."""
+    from trailguard.runtime import Runtime
+
     cfg = settings()
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
@@ -130,6 +134,8 @@ def deliver_alerts() -> dict[str, Any]:
     the alerts wait, pending, and pipeline health reports them if they wait too long.
     """
     from airflow.sdk.exceptions import AirflowFailException
+
+    from trailguard.runtime import Runtime
 
     rt = Runtime(settings())
     try:

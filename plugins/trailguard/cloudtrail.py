@@ -237,10 +237,6 @@ def _batch(columns: dict[str, pa.Array], objects: list[LogObject], counts: list[
 
 
 # -- the fast path ---------------------------------------------------------------------------------
-def _json_type(path: tuple[str, ...], leaf: pa.DataType) -> tuple[str, pa.DataType]:
-    return (path[0], leaf) if len(path) == 1 else (path[0], pa.struct([_json_type(path[1:], leaf)]))
-
-
 def _record_type() -> pa.StructType:
     """The JSON shape the fast path accepts, merged from FIELDS: anything else in a record is ignored."""
     tree: dict = {}

@@ -34,8 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from trailguard.generate import MANIFEST, OUTSIDE_ACCOUNT, Incident, Trail, generate_trail
+from trailguard.generate import MANIFEST, OUTSIDE_ACCOUNT, Incident, Trail, generate_trail, last_full_hour
 from trailguard.settings import PROJECT_ROOT
+from trailguard.store import SENT
 
 DEFAULT_DAYS = 30  # a month: ~8,200 objects, about 2 minutes on 2 cores (README, "What the demo shows")
 DEFAULT_EVENTS_PER_HOUR = 10  # a quiet organisation: ~270 objects a day instead of ~1,200
@@ -126,8 +127,7 @@ def make_plan(
         raise ValueError(f"--live-hours must be between {MIN_LIVE_HOURS} and {LIVE_HOURS}")
     if events_per_hour < 0:
         raise ValueError("--events-per-hour must not be negative")
-    end = (now or datetime.now(timezone.utc)).replace(minute=0, second=0, microsecond=0)
-    return Plan(root.resolve(), end, days, events_per_hour, live_hours)
+    return Plan(root.resolve(), last_full_hour(now), days, events_per_hour, live_hours)
 
 
 def reset_dirs(plan: Plan) -> None:
@@ -158,8 +158,8 @@ def delivered_from(trail: Path, at: datetime) -> tuple[int, int]:
 def terminal_and_log(log_path: Path) -> Generator[TextIO, None, None]:
     """Point file descriptors 1 and 2 at the log and yield a stream to the real terminal.
 
-    Descriptors, not ``sys.stdout``: Airflow's task runner, structlog, warnings and the parser
-    processes all write to them directly, and all of that belongs in the log.
+    Descriptors, not ``sys.stdout``: Airflow's task runner, structlog and warnings
+    write to them directly, and all of that belongs in the log.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -815,7 +815,7 @@ def _summary(console: Any, plan: Plan, outcome: Outcome, seconds: float) -> None
         mark = f"[green]\u2713 fired[/] at {alert.fired_at:%a %H:%M} UTC" if alert else "[red]\u2717 missed[/]"
         console.print(f"Incident   {describe(incident)}: {mark}", soft_wrap=True)
     if outcome.own_slack:
-        sent = sum(a.status == "sent" for a in outcome.alerts)
+        sent = sum(a.status == SENT for a in outcome.alerts)
         console.print(
             f"Slack      {sent} of {len(outcome.alerts)} alert(s) posted to your connection {outcome.own_slack}"
         )

@@ -357,16 +357,29 @@ class Engine:
         if not report.warmed_up or not new:
             return report
         values = self._known_values(spec, start, forget) if spec.list_known_as else None
-        alerts = [self._alert(spec, rows, at, values) for _, rows in sorted(new.items())]
+        shown = {key: rows[:MAX_ROWS_PER_ALERT] for key, rows in new.items()}
+        records = (
+            self._raw_records([r for rows in shown.values() for r in rows])
+            if ROW_BUILDERS[spec.rows].alert_fields
+            else {}
+        )
+        alerts = [self._alert(spec, rows, shown[key], records, at, values) for key, rows in sorted(new.items())]
         report.alerts = self._record(alerts, status)
         return report
 
-    def _alert(self, spec: Spec, rows: list[dict[str, Any]], at: datetime, known: list[Any] | None) -> Alert:
-        """One alert for a new key: its first rows get the fields only an alert shows (from ``raw``)."""
-        shown = rows[:MAX_ROWS_PER_ALERT]
+    def _alert(
+        self,
+        spec: Spec,
+        rows: list[dict[str, Any]],
+        shown: list[dict[str, Any]],
+        records: dict[str, dict[str, Any]],
+        at: datetime,
+        known: list[Any] | None,
+    ) -> Alert:
+        """One alert for a new key: the rows it shows get the fields only an alert needs (from ``raw``,
+        read once for all of a run's alerts)."""
         extra = ROW_BUILDERS[spec.rows].alert_fields
         if extra is not None:
-            records = self._raw_records(shown)
             shown = [{**r, **extra(r, records.get(r["event_id"], {}))} for r in shown]
         key = {f: rows[0].get(f) for f in spec.key}
         return Alert(spec, key, rows[0]["event_time"], at, shown, len(rows), known)

@@ -1,6 +1,6 @@
 """Ingest: CloudTrail objects from a source into the events lake, once each, nothing lost.
 
-One delivery hour at a time: fetch its objects with threads, parse them in worker processes,
+One delivery hour at a time: fetch its objects with threads, parse them on parser threads,
 write one scratch file per event-hour partition, then merge each into the lake under that
 partition's lock and record every object's outcome in the ledger. A crash between the two
 only means the hour is processed again, which replaces rather than doubles.
@@ -220,6 +220,8 @@ def _fetch_and_parse(
     while fetches or parses or batch:
         while fetches and len(parses) < parse_window:
             ref, future = fetches.popleft()
+            if ref.size >= BATCH_BYTES:
+                hand_out()  # a large object is parsed on its own, never copied into a batch
             try:
                 batch.append((ref, future.result()))
                 batch_bytes += ref.size

@@ -18,7 +18,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +26,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trailguard.cloudtrail import SCHEMA
-
-if TYPE_CHECKING:  # readers only: ingest never loads DuckDB or pyarrow.dataset (and the pandas it brings)
-    import duckdb
-    import pyarrow.dataset as ds
 
 ROW_GROUP_ROWS = 16_000  # a row group holds ~25 MB of raw JSON: memory stays bounded
 # Dictionary-encode only the columns with few distinct values; statistics where readers prune.
@@ -49,7 +44,6 @@ DICTIONARY_COLUMNS = [
     "source_key",
 ]
 STATISTICS_COLUMNS = ["event_id", "event_time", "event_name", "recipient_account_id", "delivered_at"]
-PARTITION_SCHEMA = pa.schema([("event_date", pa.string()), ("event_hour", pa.int32())])
 
 
 def partition_of(hour: datetime) -> str:
@@ -94,7 +88,6 @@ class Lake:
             self.base = str(Path(uri).expanduser().resolve())
             self.local = True
         self.events = f"{self.base}/events"
-        self._duckdb: duckdb.DuckDBPyConnection | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     def partition_dir(self, partition: str) -> str:
@@ -133,39 +126,6 @@ class Lake:
         self.fs.delete_file(path)
 
     # -- reading ---------------------------------------------------------------------------------
-    def dataset(self, partitions: Iterable[str] | None = None) -> ds.Dataset | None:
-        """The events as an Arrow dataset (DuckDB scans it with projection and filter pushdown).
-
-        ``partitions`` limits it to those event hours; None means all. None is returned when
-        there is no file at all."""
-        paths = [info.path for info in self.file_infos(partitions)]
-        if not paths:
-            return None
-        import pyarrow.dataset as ds
-
-        return ds.dataset(
-            sorted(paths),
-            schema=SCHEMA,
-            format="parquet",
-            filesystem=self.fs,
-            partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
-            partition_base_dir=self.events,
-        )
-
-    def connect(self, partitions: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
-        """A DuckDB cursor with the events (all, or those partitions) as the view ``events``.
-        Cursors share one in-memory database: opening a database costs more than most queries."""
-        if self._duckdb is None:
-            import duckdb
-
-            self._duckdb = duckdb.connect()
-        con = self._duckdb.cursor()
-        dataset = self.dataset(partitions)
-        if dataset is None:
-            dataset = pa.schema([*SCHEMA, *PARTITION_SCHEMA]).empty_table()
-        con.register("events", dataset)
-        return con
-
     def file_infos(self, partitions: Iterable[str] | None = None) -> list[pafs.FileInfo]:
         """Data files (with size and mtime) of those event hours, or of all when None."""
         if partitions is None:
@@ -223,8 +183,9 @@ class FileWriter:
             self._flush()
 
     def close(self) -> str:
-        self._flush()
         self._wait()
+        if self._pending:  # the last group: nothing left to overlap it with
+            self._writer.write_table(pa.Table.from_batches(self._pending, schema=SCHEMA))
         self._encoder.shutdown()
         self._writer.close()
         return self.path
@@ -270,23 +231,25 @@ def commit_file(lake: Lake, partition: str, tag: str, scratch: str, replaced_key
         _choose_winners(sources)
         set_aside = [s.ids for s in old]
     new_events = int(new.keep.sum()) - _count_in(new.live_ids(), set_aside)
+    # Settled before any file is replaced: on S3 a rewritten object no longer matches its open handle.
+    delivered = [d for s in sources if (d := s.max_delivered_at()) is not None]
+    rows = sum(int(s.keep.sum()) for s in sources)
 
     for source in old:  # files of other delivery hours that lost rows to this one (out-of-order runs)
         if source.name != tag and not source.keep.all():
             _rewrite(lake, [source], source.path)
-    own = [new, *(s for s in old if s.name == tag)]
-    if not any(s.keep.any() for s in own):
-        if len(own) > 1:
+    own = [s for s in (new, *old) if s.name in {"new", tag} and s.keep.any()]
+    if not own:
+        if any(s.name == tag for s in old):
             lake.delete(own_path)
-    elif len(own) == 1 and new.keep.all():
-        lake.publish(scratch, own_path)  # the common case: a new hour, nothing to drop
+    elif own == [new] and new.keep.all():
+        lake.publish(scratch, own_path)  # the common case: a new hour (or a whole hour again), nothing to drop
     else:
         _rewrite(lake, own, own_path)
     Path(scratch).unlink(missing_ok=True)
 
-    delivered = [d for s in sources if (d := s.max_delivered_at()) is not None]
     return FileStats(
-        rows=sum(int(s.keep.sum()) for s in sources),
+        rows=rows,
         new_events=new_events,
         duplicates=new.rows - new_events,
         max_delivered_at=max(delivered) if delivered else None,
@@ -300,11 +263,14 @@ class _Keys:
         self.name, self.fs, self.path = name, fs, path
         self.file = pq.ParquetFile(path, filesystem=fs)
         self.ids = self.file.read(columns=["event_id"]).column(0)
+        self._columns: dict[str, pa.ChunkedArray] = {}
         self.rows = len(self.ids)
         self.keep = np.ones(self.rows, dtype=bool)
 
     def column(self, name: str) -> pa.ChunkedArray:
-        return self.file.read(columns=[name]).column(0)
+        if name not in self._columns:
+            self._columns[name] = self.file.read(columns=[name]).column(0)
+        return self._columns[name]
 
     def live_ids(self) -> list[pa.Array]:
         ids = self.ids if self.keep.all() else self.ids.filter(pa.array(self.keep))

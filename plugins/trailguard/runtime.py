@@ -14,7 +14,7 @@ from trailguard.settings import Settings
 from trailguard.sources import SourceError, open_store
 from trailguard.store import StateStore
 
-if TYPE_CHECKING:  # the detection side (DuckDB, GeoIP, YAML) loads when first used, not for an ingest
+if TYPE_CHECKING:  # the detection side (Parquet readers, GeoIP, YAML) loads when first used, not for an ingest
     from trailguard.detect import Engine
     from trailguard.specs import Spec
 

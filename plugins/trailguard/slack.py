@@ -44,6 +44,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
 from trailguard.settings import Settings
+from trailguard.specs import KNOWN_PREFIX
 
 # Slack Block Kit limits (https://api.slack.com/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -371,10 +372,11 @@ def render_alert(alert: dict[str, Any], lake_uri: str, *, possible_duplicate: bo
     if len(rows) > 1:
         sample = _chunk_lines(["*Events (sample)*", *(_row_line(r) for r in rows[:8])])[0]  # whole lines only
         blocks.append(_section(sample))
-    if "known_countries" in alert:
-        known = [c for c in alert.get("known_countries") or [] if c]
-        shown = ", ".join(code(c, 8) for c in known[:60]) or "_none: this is the first country on record_"
-        blocks.append(_section(f"*Countries seen before*\n{shown}"))
+    for field, values in alert.items():  # a spec's list_known_as: known_countries -> "Countries seen before"
+        if field.startswith(KNOWN_PREFIX) and isinstance(values, list):
+            what = field[len(KNOWN_PREFIX) :].replace("_", " ")
+            known = ", ".join(code(v, 40) for v in values[:60] if v) or "_none: this is the first on record_"
+            blocks.append(_section(f"*{escape(what.capitalize(), 40)} seen before*\n{known}"))
     techniques = [str(t) for t in alert.get("mitre_attack") or []]
     mapped = " \u00b7 ".join(_technique_link(t) for t in techniques[:10]) or "none mapped in ESCU"
     blocks.append(_section(f"*MITRE ATT&amp;CK:* {mapped}"))

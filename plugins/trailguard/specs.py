@@ -37,6 +37,7 @@ REQUIRED = {
     "id", "name", "description", "mitre_attack", "risk", "message", "placeholders", "events", "rows",
     "key", "baseline_key", "context", "window_hours", "baseline",
 }  # fmt: skip
+KNOWN_PREFIX = "known_"  # list_known_as names an alert field "known_<things>"; Slack shows "<Things> seen before"
 OPTIONAL = {"escu_baselines", "references", "allow", "baseline_attrs", "list_known_as"}
 
 
@@ -161,8 +162,12 @@ def _spec(doc: Any, path: str) -> Spec:
     if set(attrs) - ROW_FIELDS:
         raise ValueError(f"baseline_attrs: unknown fields {sorted(set(attrs) - ROW_FIELDS)}")
     list_known_as = doc.get("list_known_as")
-    if list_known_as is not None and (len(doc["key"]) != 1 or not str(list_known_as).isidentifier()):
-        raise ValueError("list_known_as needs a one-field key and an identifier as the alert field name")
+    if list_known_as is not None and (
+        len(doc["key"]) != 1 or not str(list_known_as).isidentifier() or not str(list_known_as).startswith(KNOWN_PREFIX)
+    ):
+        raise ValueError(
+            f"list_known_as needs a one-field key and an identifier starting {KNOWN_PREFIX!r} (e.g. known_countries)"
+        )
     return Spec(
         id=doc["id"],
         name=doc["name"],

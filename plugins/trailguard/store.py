@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from trailguard.cloudtrail import Rejected
+if TYPE_CHECKING:  # an annotation only: the store loads without the parser (pyarrow, msgspec)
+    from trailguard.cloudtrail import Rejected
 
 
 class UTCDateTime(sa.types.TypeDecorator):
