@@ -36,6 +36,7 @@ from trailguard.health import (
     Incident,
     Thresholds,
 )
+from trailguard.settings import Settings
 from trailguard.slack import Message, SendResult
 from trailguard.store import DONE, QUARANTINED, StateStore, alerts, health_incidents, objects, quarantine, watermarks
 
@@ -667,3 +668,11 @@ def test_daily_summary_dag_posts_the_previous_day(dagbag, tg_env: Path, ops_slac
     assert run.state == "success"
     assert _headers(ops_slack) == [":bar_chart: Pipeline summary for 2026-11-20 (UTC)"]
     assert "events ingested: 24" in json.dumps(ops_slack.posts()[0].body)
+
+
+def test_thresholds_come_from_the_settings() -> None:
+    limits = Thresholds.from_settings(
+        Settings.from_mapping({"TRAILGUARD_HEALTH_GAP_HOURS": "6", "TRAILGUARD_HEALTH_QUARANTINE_RECORDS": "5"})
+    )
+    assert limits.gap == timedelta(hours=6) and limits.quarantine_records == 5
+    assert limits.lag == health.DEFAULTS.lag and Thresholds.from_settings(Settings()) == health.DEFAULTS

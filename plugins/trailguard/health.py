@@ -34,6 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from trailguard.settings import Settings
 from trailguard.slack import POSSIBLE_DUPLICATE, Message, SendResult, redact, render_ops
 from trailguard.store import (
     FAILED,
@@ -97,7 +98,7 @@ _HINTS = {
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a check fires. The defaults follow the issue; settings may override them later."""
+    """When a check fires (``from_settings``: the TRAILGUARD_HEALTH_* settings)."""
 
     gap: timedelta = timedelta(hours=2)  # no delivery from an account/region for this long
     lag: timedelta = timedelta(hours=3)  # the newest ingested delivery is this old
@@ -108,6 +109,16 @@ class Thresholds:
     lookback: timedelta = timedelta(days=7)  # how far back deliveries are read
     quarantine_quiet: timedelta = timedelta(hours=3)  # without the finding before it clears (hysteresis)
     pending_age: timedelta = timedelta(hours=3)  # an alert waiting this long to reach Slack
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        return cls(
+            gap=timedelta(hours=settings.health_gap_hours),
+            lag=timedelta(hours=settings.health_lag_hours),
+            quarantine_records=settings.health_quarantine_records,
+            baseline_age=timedelta(hours=settings.health_baseline_age_hours),
+            pending_age=timedelta(hours=settings.health_pending_alert_hours),
+        )
 
 
 DEFAULTS = Thresholds()

@@ -186,7 +186,8 @@ def health_check(context: Mapping[str, Any]) -> dict[str, Any]:
 
     state = Runtime.local(cfg).state
     try:
-        report = health.run_health(state, evaluation_time(context), slack.sender(cfg, cfg.ops_slack_conn_id))
+        send = slack.sender(cfg, cfg.ops_slack_conn_id)
+        report = health.run_health(state, evaluation_time(context), send, health.Thresholds.from_settings(cfg))
     finally:
         state.close()
     log.info("pipeline health: %s", report.as_dict())

@@ -70,6 +70,11 @@ class Settings:
     alert_horizon_hours: int = field(default=48, metadata={"env": "TRAILGUARD_ALERT_HORIZON_HOURS"})
     slack_channel: str = field(default="", metadata={"env": "TRAILGUARD_SLACK_CHANNEL"})
     slack_timeout: float = field(default=10.0, metadata={"env": "TRAILGUARD_SLACK_TIMEOUT"})
+    health_gap_hours: float = field(default=2.0, metadata={"env": "TRAILGUARD_HEALTH_GAP_HOURS"})
+    health_lag_hours: float = field(default=3.0, metadata={"env": "TRAILGUARD_HEALTH_LAG_HOURS"})
+    health_quarantine_records: int = field(default=100, metadata={"env": "TRAILGUARD_HEALTH_QUARANTINE_RECORDS"})
+    health_baseline_age_hours: float = field(default=36.0, metadata={"env": "TRAILGUARD_HEALTH_BASELINE_AGE_HOURS"})
+    health_pending_alert_hours: float = field(default=3.0, metadata={"env": "TRAILGUARD_HEALTH_PENDING_ALERT_HOURS"})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
