@@ -671,3 +671,9 @@ def test_worker_replicas_are_configurable(services: dict, env_example: dict[str,
     worker = services["airflow-worker"]
     assert worker["deploy"]["replicas"] == "${AIRFLOW_WORKER_REPLICAS:-1}"
     assert env_example["AIRFLOW_WORKER_REPLICAS"].isdigit()
+
+
+def test_readme_settings_table_lists_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines() if line.startswith("| `TRAILGUARD_")}
+    assert rows == set(Settings.env_names())
