@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from measure import Measurement, run
+from measure import trailguard as cli
 from report import machine, splice
 from trailguard.cloudtrail import SCHEMA
 from trailguard.lake import Lake, delivery_tag, partition_of
@@ -188,10 +189,6 @@ def _register(db: Path, hours: list[tuple[datetime, int]]) -> None:
             ],
         )
     state.close()
-
-
-def cli(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("trailguard")), *args]
 
 
 def env(lake: Path, db: Path) -> dict[str, str]:

@@ -34,6 +34,12 @@ class Measurement:
     cpu_seconds: float = 0.0  # user + system CPU of the tree, as last sampled per process (slightly under)
 
 
+def trailguard(*args: str) -> list[str]:
+    """The ``trailguard`` command of this Python (the venv's script, else ``python -m trailguard``)."""
+    script = Path(sys.executable).with_name("trailguard")
+    return [*([str(script)] if script.exists() else [sys.executable, "-m", "trailguard"]), *args]
+
+
 class CommandFailed(RuntimeError):
     """A measured command exited non-zero: its figures would be meaningless."""
 

@@ -20,16 +20,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from measure import Measurement, run
+from measure import trailguard as cli
 from report import machine, splice
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "replay"
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
 DAYS, REPLAY_DAYS, BASELINE_DAYS = 84, 70, 14
-
-
-def cli(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("trailguard")), *args]
 
 
 def env(state: Path) -> dict[str, str]:

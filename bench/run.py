@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 from hours import Dataset, Spec, one_object, prepare, shared
-from measure import Measurement, run
+from measure import Measurement, run, trailguard
 from neighbours import busy_share, own_cpu, snapshot
 from report import Row, machine, splice, table, verdict
 from trailguard.settings import Settings
@@ -53,9 +53,7 @@ class Case:
 
 
 def trailguard_argv(data: Dataset) -> Callable[[Path], list[str]]:
-    script = Path(sys.executable).with_name("trailguard")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "trailguard"]
-    return lambda _scratch: [*base, "ingest", "--source", str(data.path), "--json"]
+    return lambda _scratch: trailguard("ingest", "--source", str(data.path), "--json")
 
 
 def ingest_env(scratch: Path) -> dict[str, str]:

@@ -53,6 +53,16 @@ def source_ip_class(value: str | None) -> str:
     return classify_source(value)[0]
 
 
+def source_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a source IP names, an IPv4-mapped IPv6 one (``::ffff:a.b.c.d``) as its IPv4
+    address; None when it names none (a service name, garbage)."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
+
+
 @lru_cache(maxsize=65_536)
 def classify_source(value: str | None) -> tuple[str, str | None]:
     """(class, address to locate). An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) is its IPv4
@@ -64,12 +74,9 @@ def classify_source(value: str | None) -> tuple[str, str | None]:
         return AWS_INTERNAL, None
     if value.lower().endswith((".amazonaws.com", ".amazonaws.com.cn")):
         return AWS_SERVICE, None
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
+    ip = source_address(value)
+    if ip is None:
         return INVALID, None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if not ip.is_global or ip.is_multicast:
         return PRIVATE, None
     return (PUBLIC_IPV4 if ip.version == 4 else PUBLIC_IPV6), str(ip)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from trailguard.derive import ROW_BUILDERS
+from trailguard.derive import ROW_BUILDERS, source_address
 
 # Fields every candidate row has (derive.py builds them); keys, context and placeholders name them.
 ROW_FIELDS = frozenset(
@@ -58,18 +58,9 @@ class AllowRule:
         if not value:
             return False
         if self.networks:
-            address = _address(value)
+            address = source_address(value)
             return address is not None and any(address in n for n in self.networks)
         return any(fnmatchcase(value, p) for p in self.patterns)
-
-
-def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a source IP names (an IPv4-mapped IPv6 one as IPv4); None for a service name."""
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    return (ip.ipv4_mapped or ip) if ip.version == 6 else ip
 
 
 @dataclass(frozen=True)
